@@ -1,0 +1,75 @@
+# deepseek.cluster — the two commands a newcomer needs:
+#   make lab    the full stack on local containers (primary + standby sites, monitoring)
+#   make test   lint, unit tests, collection build/install, molecule for every role, lab integration
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/collections
+export PY_COLORS := 1
+export ANSIBLE_FORCE_COLOR := 1
+
+.PHONY: help venv engine image lint unit collection molecule molecule-extended \
+        lab lab-down lab-test test test-extended bench clean
+
+help:
+	@echo "make lab            build the lab (7 systemd containers) and run site.yml on it"
+	@echo "make lab-down       remove the lab containers and network"
+	@echo "make test           lint, unit, collection build+install, molecule (main scenarios), lab integration"
+	@echo "make test-extended  make test plus the extended molecule scenarios"
+	@echo "make bench          benchmarks (site.yml timing on the lab)"
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+engine:
+	molecule/scripts/ensure-docker.sh
+
+image: engine
+	molecule/scripts/build-base-image.sh
+
+lint: venv
+	yamllint --strict .
+	ruff check .
+	ruff format --check .
+	ansible-lint --profile production
+
+unit: venv
+	pytest -q tests/unit
+
+collection: venv
+	tests/collection/build-and-run.sh
+
+molecule: venv image
+	molecule/scripts/run-molecule.sh
+
+molecule-extended: venv image
+	molecule/scripts/run-molecule.sh --extended
+
+lab: venv image
+	$(VENV)/bin/python molecule/lab/lab.py up
+
+lab-down: venv
+	$(VENV)/bin/python molecule/lab/lab.py down
+
+lab-test: venv image
+	$(VENV)/bin/python molecule/lab/lab.py test
+
+test: lint unit collection molecule lab-test
+
+test-extended: lint unit collection molecule-extended lab-test
+
+bench: venv image
+	$(VENV)/bin/python benchmarks/lab_playbook_time.py
+
+clean: lab-down
+	rm -rf $(VENV) .ruff_cache .pytest_cache

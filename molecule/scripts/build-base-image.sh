@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Build the Debian 12 (bookworm) systemd base image used by molecule and the lab,
+# with debootstrap (no container registry is needed), and cache it: the build runs
+# only when the image is missing, or when FORCE=1.
+#
+#   IMAGE   image name        (default: deepseek-cluster/debian12-systemd:latest)
+#   MIRROR  Debian mirror URL (default: the first bookworm "main" source of this machine's apt)
+set -euo pipefail
+
+IMAGE=${IMAGE:-deepseek-cluster/debian12-systemd:latest}
+SUITE=bookworm
+PACKAGES=python3,python3-apt,systemd,systemd-sysv,dbus,iproute2,sudo,ca-certificates,curl,gnupg,procps
+
+log() { printf 'build-base-image: %s\n' "$*" >&2; }
+
+if [ "${FORCE:-0}" != 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "$IMAGE is present (FORCE=1 rebuilds it)"
+  exit 0
+fi
+
+apt_mirror() {
+  # deb822 sources first, then one-line sources; the first bookworm suite with "main" wins.
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    awk -v suite="$SUITE" '
+      BEGIN { RS=""; FS="\n" }
+      {
+        uri=""; ok_suite=0; ok_comp=0
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^URIs:/)       { split($i, a, /[ \t]+/); uri=a[2] }
+          if ($i ~ /^Suites:/)     { n=split($i, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == suite) ok_suite=1 }
+          if ($i ~ /^Components:/) { if ($i ~ /[ \t]main([ \t]|$)/) ok_comp=1 }
+        }
+        if (uri != "" && ok_suite && ok_comp) { print uri; exit }
+      }' "$f"
+  done
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+    | awk -v suite="$SUITE" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/) { if ($(i+1) == suite) print $i; break } }' \
+    || true
+}
+
+MIRROR=${MIRROR:-$(apt_mirror | head -n 1 || true)}
+[ -n "$MIRROR" ] || { log "no $SUITE mirror found in this machine's apt sources; set MIRROR"; exit 1; }
+
+if ! command -v debootstrap >/dev/null 2>&1; then
+  log "installing debootstrap"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+fi
+
+ROOTFS=$(mktemp -d /var/tmp/deepseek-rootfs.XXXXXX)
+trap 'rm -rf "$ROOTFS"' EXIT
+
+log "debootstrap $SUITE from $MIRROR (about a minute)"
+debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR" >"$ROOTFS.log" 2>&1 \
+  || { tail -n 30 "$ROOTFS.log" >&2; exit 1; }
+rm -f "$ROOTFS.log"
+
+# Container niceties: no units that need real hardware, a machine-id made at first boot,
+# no recommends, and an empty apt cache to keep the image small.
+rm -f "$ROOTFS/etc/machine-id" && touch "$ROOTFS/etc/machine-id"
+for unit in systemd-remount-fs.service systemd-udevd.service systemd-udev-trigger.service \
+            getty.target console-getty.service systemd-firstboot.service sys-kernel-debug.mount \
+            sys-kernel-config.mount sys-kernel-tracing.mount; do
+  ln -sf /dev/null "$ROOTFS/etc/systemd/system/$unit"
+done
+printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' >"$ROOTFS/etc/apt/apt.conf.d/90-no-recommends"
+chroot "$ROOTFS" apt-get clean
+rm -rf "$ROOTFS"/var/lib/apt/lists/*
+
+log "importing the root filesystem as $IMAGE"
+tar -C "$ROOTFS" -c . | docker import \
+  --change 'CMD ["/sbin/init"]' \
+  --change 'ENV container=docker' \
+  - "$IMAGE" >/dev/null
+log "built $IMAGE ($(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
