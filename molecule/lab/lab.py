@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""The lab: the whole deepseek.cluster stack on systemd containers on one machine.
+
+The inventory inventories/lab/hosts.yml is the single source of truth: every host in its
+`lab` group becomes a Debian 12 systemd container of the same name on one docker network.
+
+    lab.py up        create the lab hosts (if missing), run site.yml, print what runs where
+    lab.py converge  run site.yml on the existing lab hosts
+    lab.py status    print what runs where
+    lab.py test      fresh lab, converge twice (the second must change nothing), end-to-end checks, remove
+    lab.py down      remove the lab hosts and network
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from docker.models.containers import Container
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = ROOT / "inventories" / "lab"
+LABEL = "deepseek.cluster.lab"
+BOOT_TIMEOUT_S = 120
+RECAP_LINE = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>(?:\w+=\d+\s*)+)$")
+
+
+@dataclass
+class LabHost:
+    """One lab host as the inventory describes it."""
+
+    name: str
+    groups: list[str]
+    network: str
+    image: str
+
+
+@dataclass
+class PlaybookRun:
+    """What one ansible-playbook run did: its exit code, duration and per-host recap."""
+
+    returncode: int
+    seconds: float
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        """Total number of changed tasks over all hosts."""
+        return sum(counts.get("changed", 0) for counts in self.recap.values())
+
+    @property
+    def ok(self) -> bool:
+        """True when the run exited 0 and no host failed or was unreachable."""
+        bad = sum(c.get("failed", 0) + c.get("unreachable", 0) for c in self.recap.values())
+        return self.returncode == 0 and bad == 0 and bool(self.recap)
+
+
+def log(message: str) -> None:
+    """Print a lab progress line."""
+    print(f"lab: {message}", flush=True)
+
+
+def ansible_env() -> dict[str, str]:
+    """Environment for ansible commands run from this checkout."""
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / "collections")
+    return env
+
+
+def lab_hosts() -> list[LabHost]:
+    """Read the lab hosts, their groups and container settings from the lab inventory."""
+    out = subprocess.run(
+        ["ansible-inventory", "-i", str(INVENTORY), "--list"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+        cwd=ROOT,
+    ).stdout
+    data = json.loads(out)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    groups_of: dict[str, list[str]] = {}
+    for group, body in data.items():
+        if group == "_meta":
+            continue
+        for host in body.get("hosts", []):
+            groups_of.setdefault(host, []).append(group)
+    hosts = []
+    for name in sorted(expand_group(data, "lab")):
+        hv = hostvars.get(name, {})
+        hosts.append(LabHost(name, sorted(groups_of.get(name, [])), hv["lab_network"], hv["lab_image"]))
+    if not hosts:
+        raise SystemExit(f"lab: the inventory {INVENTORY} has no hosts in group 'lab'")
+    return hosts
+
+
+def expand_group(data: dict, group: str) -> set[str]:
+    """All hosts of a group in `ansible-inventory --list` output, children included."""
+    body = data.get(group, {})
+    hosts = set(body.get("hosts", []))
+    for child in body.get("children", []):
+        hosts |= expand_group(data, child)
+    return hosts
+
+
+def ensure_engine_and_image() -> None:
+    """Start the docker engine and build the base image when they are missing."""
+    for script in ("ensure-docker.sh", "build-base-image.sh"):
+        subprocess.run([str(ROOT / "molecule" / "scripts" / script)], check=True)
+
+
+def create_hosts(client: docker.DockerClient, hosts: list[LabHost]) -> None:
+    """Create (or start) one systemd container per lab host and wait until each has booted."""
+    for network in {h.network for h in hosts}:
+        if not client.networks.list(names=[network]):
+            log(f"creating network {network}")
+            client.networks.create(network, driver="bridge", labels={LABEL: "1"})
+    for host in hosts:
+        container = find_container(client, host.name)
+        if container is None:
+            log(f"creating {host.name}")
+            client.containers.run(
+                host.image,
+                command="/sbin/init",
+                name=host.name,
+                hostname=host.name,
+                detach=True,
+                network=host.network,
+                cap_add=["SYS_ADMIN"],
+                tmpfs={"/run": "", "/run/lock": ""},
+                volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+                environment={"container": "docker"},
+                stop_signal="SIGRTMIN+3",
+                labels={LABEL: "1"},
+            )
+        elif container.status != "running":
+            log(f"starting {host.name}")
+            container.start()
+    for host in hosts:
+        wait_for_boot(client, host.name)
+
+
+def find_container(client: docker.DockerClient, name: str) -> Container | None:
+    """The container of that exact name, or None."""
+    for container in client.containers.list(all=True, filters={"name": f"^{name}$"}):
+        if container.name == name:
+            return container
+    return None
+
+
+def wait_for_boot(client: docker.DockerClient, name: str) -> None:
+    """Wait until systemd in the container reports running (or degraded, which is said)."""
+    container = client.containers.get(name)
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    state = ""
+    while time.monotonic() < deadline:
+        state = container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
+        if state in ("running", "degraded"):
+            if state == "degraded":
+                failed = container.exec_run(["systemctl", "--failed", "--no-legend"]).output.decode()
+                log(f"{name} booted degraded: {failed.strip()}")
+            return
+        time.sleep(1)
+    raise SystemExit(f"lab: {name} did not finish booting in {BOOT_TIMEOUT_S} s (last state: {state!r})")
+
+
+def remove_hosts(client: docker.DockerClient) -> None:
+    """Remove every container and network the lab created."""
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        log(f"removing {container.name}")
+        container.remove(force=True)
+    for network in client.networks.list(filters={"label": LABEL}):
+        log(f"removing network {network.name}")
+        network.remove()
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    """Per-host counters from the PLAY RECAP block of ansible-playbook's output."""
+    recap: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for raw in output.splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip()
+        if line.startswith("PLAY RECAP"):
+            in_recap, recap = True, {}
+            continue
+        match = RECAP_LINE.match(line) if in_recap else None
+        if match:
+            counts = dict(pair.split("=") for pair in match["counts"].split())
+            recap[match["host"]] = {key: int(value) for key, value in counts.items()}
+    return recap
+
+
+def run_playbook(playbook: str = "site.yml", extra: list[str] | None = None) -> PlaybookRun:
+    """Run a playbook against the lab inventory, streaming its output, and return its recap."""
+    cmd = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / playbook), *(extra or [])]
+    env = ansible_env() | {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    log(" ".join(cmd[:1] + [os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd[1:]]))
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+    returncode = proc.wait()
+    return PlaybookRun(returncode, time.monotonic() - start, parse_recap("".join(lines)))
+
+
+def container_ip(client: docker.DockerClient, host: LabHost) -> str:
+    """The host's address on its lab network."""
+    container = client.containers.get(host.name)
+    return container.attrs["NetworkSettings"]["Networks"][host.network]["IPAddress"]
+
+
+def fetch(url: str, timeout: float = 5.0) -> str:
+    """GET a URL from this machine and return the body."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (lab addresses only)
+        return response.read().decode()
+
+
+def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
+    """Print each lab host, its groups, its address and the endpoints that answer."""
+    print()
+    print(f"{'host':<20} {'address':<15} {'groups':<42} node_exporter")
+    for host in hosts:
+        ip = container_ip(client, host)
+        url = f"http://{ip}:9100/metrics"
+        try:
+            series = sum(1 for line in fetch(url).splitlines() if line.startswith("node_"))
+            state = f"{url}  ({series} node_* samples)"
+        except OSError as err:
+            state = f"{url}  NOT ANSWERING ({err})"
+        groups = ",".join(g for g in host.groups if g not in ("all", "ungrouped"))
+        print(f"{host.name:<20} {ip:<15} {groups:<42} {state}")
+    print()
+    print("Shell on a host:   docker exec -it <host> bash")
+    print("Re-run the stack:  make lab        Remove it:  make lab-down")
+
+
+def end_to_end_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
+    """Checks across the lab network; returns the list of failures (empty when all pass)."""
+    failures = []
+    monitor = next((h for h in hosts if "monitoring" in h.groups), hosts[0])
+    scraper = client.containers.get(monitor.name)
+    for host in hosts:
+        result = scraper.exec_run(["curl", "-sf", "--max-time", "5", f"http://{host.name}:9100/metrics"])
+        body = result.output.decode(errors="replace")
+        if result.exit_code != 0 or "node_cpu_seconds_total" not in body:
+            failures.append(f"{monitor.name} could not scrape node_* metrics from {host.name}:9100")
+        else:
+            log(f"{monitor.name} scraped {host.name}:9100 ({body.count(chr(10))} lines)")
+    return failures
+
+
+def cmd_up(client: docker.DockerClient) -> int:
+    """Create the lab, converge it and print what runs where."""
+    ensure_engine_and_image()
+    hosts = lab_hosts()
+    create_hosts(client, hosts)
+    run = run_playbook()
+    if not run.ok:
+        log(f"site.yml failed (exit {run.returncode})")
+        return 1
+    log(f"site.yml converged in {run.seconds:.0f} s with {run.changed} changes")
+    status(client, hosts)
+    return 0
+
+
+def cmd_test(client: docker.DockerClient, keep: bool) -> int:
+    """A fresh lab, two converges (the second changes nothing), end-to-end checks."""
+    ensure_engine_and_image()
+    remove_hosts(client)
+    hosts = lab_hosts()
+    failures: list[str] = []
+    try:
+        create_hosts(client, hosts)
+        first = run_playbook()
+        if not first.ok:
+            return report(["first converge of site.yml failed"])
+        second = run_playbook()
+        if not second.ok:
+            failures.append("second converge of site.yml failed")
+        changed = {h: c["changed"] for h, c in second.recap.items() if c.get("changed")}
+        if changed:
+            failures.append(f"second converge was not idempotent: changed tasks per host {changed}")
+        if set(second.recap) != {h.name for h in hosts}:
+            failures.append(f"recap hosts {sorted(second.recap)} differ from the lab hosts")
+        failures += end_to_end_checks(client, hosts)
+        log(f"first converge {first.seconds:.0f} s ({first.changed} changes), second {second.seconds:.0f} s")
+    finally:
+        if not keep:
+            remove_hosts(client)
+    return report(failures)
+
+
+def report(failures: list[str]) -> int:
+    """Print the outcome of the lab test and return its exit code."""
+    for failure in failures:
+        log(f"FAILED: {failure}")
+    print(f"lab: {0 if failures else 1} passed, {1 if failures else 0} failed")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "converge", "status", "test", "down"])
+    parser.add_argument("--keep", action="store_true", help="test: keep the lab afterwards")
+    args = parser.parse_args(argv)
+    client = docker.from_env()
+    if args.command == "up":
+        return cmd_up(client)
+    if args.command == "converge":
+        return 0 if run_playbook().ok else 1
+    if args.command == "status":
+        status(client, lab_hosts())
+        return 0
+    if args.command == "test":
+        return cmd_test(client, args.keep)
+    remove_hosts(client)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

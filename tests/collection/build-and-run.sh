@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Build the collection tarball, install it into a temporary path, and run its site playbook
+# from the INSTALLED copy (not this checkout) against a throwaway systemd container.
+# Fails when the tarball misses a file the content needs, or carries test/lab artefacts.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+WORK=$(mktemp -d)
+HOST=deepseek-collection-test
+cleanup() { docker rm -f "$HOST" >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+echo "== build"
+ansible-galaxy collection build --force --output-path "$WORK/dist" . >/dev/null
+TARBALL=$(ls "$WORK"/dist/deepseek-cluster-*.tar.gz)
+echo "built $(basename "$TARBALL") ($(du -k "$TARBALL" | cut -f1) KiB)"
+
+echo "== contents"
+tar -tzf "$TARBALL" >"$WORK/files"
+for forbidden in '^collections/' '^molecule/' '/molecule/' '^\.venv/' '^benchmarks/' '^\.ci/' '^\.config/'; do
+  if grep -qE "$forbidden" "$WORK/files"; then
+    echo "the tarball carries files matching $forbidden:"; grep -E "$forbidden" "$WORK/files" | head; exit 1
+  fi
+done
+for required in galaxy.yml MANIFEST.json meta/runtime.yml playbooks/site.yml roles/node_exporter/tasks/main.yml \
+                roles/node_exporter/meta/argument_specs.yml docs/roles/node_exporter.md; do
+  grep -qx "$required" "$WORK/files" || { echo "the tarball lacks $required"; exit 1; }
+done
+echo "$(wc -l <"$WORK/files") entries, no test or lab artefacts"
+
+echo "== install into a temporary collections path"
+ansible-galaxy collection install --no-deps -p "$WORK/collections" "$TARBALL" >/dev/null
+INSTALLED="$WORK/collections/ansible_collections/deepseek/cluster"
+[ -f "$INSTALLED/MANIFEST.json" ] || { echo "install did not produce $INSTALLED"; exit 1; }
+
+# From here on nothing may come from the checkout: run from the temporary directory, with
+# only the temporary collections path (the pinned ansible bundle still provides community.*).
+cd "$WORK"
+export ANSIBLE_COLLECTIONS_PATH="$WORK/collections"
+export ANSIBLE_CONFIG=/dev/null
+unset ANSIBLE_ROLES_PATH
+
+echo "== documentation renders from the installed copy"
+ansible-doc -t role deepseek.cluster.node_exporter >/dev/null
+
+echo "== run deepseek.cluster.site from the installed copy against a container"
+docker rm -f "$HOST" >/dev/null 2>&1 || true
+docker run -d --name "$HOST" --hostname "$HOST" --cap-add SYS_ADMIN --tmpfs /run --tmpfs /run/lock \
+  -v /sys/fs/cgroup:/sys/fs/cgroup:rw deepseek-cluster/debian12-systemd:latest /sbin/init >/dev/null
+docker exec "$HOST" systemctl is-system-running --wait >/dev/null || true
+cat >"$WORK/hosts.yml" <<YAML
+all:
+  hosts:
+    $HOST:
+      ansible_connection: community.docker.docker
+      ansible_python_interpreter: /usr/bin/python3
+YAML
+ansible-playbook -vv -i "$WORK/hosts.yml" deepseek.cluster.site >"$WORK/run.log" 2>&1 \
+  || { tail -n 40 "$WORK/run.log"; exit 1; }
+grep -E '^(PLAY RECAP|\S+ +: ok=)' "$WORK/run.log"
+# The role must have come from the installed copy, and the exporter must answer.
+grep -q "task path: $INSTALLED/roles/node_exporter/" "$WORK/run.log" \
+  || { echo "the role did not run from the installed copy"; exit 1; }
+docker exec "$HOST" curl -sf http://127.0.0.1:9100/metrics | grep -q '^node_cpu_seconds_total' \
+  || { echo "node_exporter does not answer after the installed-copy run"; exit 1; }
+echo "collection: 1 passed, 0 failed"

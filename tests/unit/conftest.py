@@ -1,0 +1,23 @@
+"""Shared fixtures for the repository-level unit tests."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_yaml(path: Path):
+    """Parse one YAML file."""
+    return yaml.safe_load(path.read_text())
+
+
+def role_dirs() -> list[Path]:
+    """Every role of the collection."""
+    return sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT

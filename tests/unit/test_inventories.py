@@ -1,0 +1,60 @@
+"""The shipped inventories parse and have the layout the playbooks target."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+
+def inventory(name: str) -> dict:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    out = subprocess.run(
+        ["ansible-inventory", "-i", str(ROOT / "inventories" / name), "--list"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+    return json.loads(out)
+
+
+def members(data: dict, group: str) -> set[str]:
+    body = data.get(group, {})
+    hosts = set(body.get("hosts", []))
+    for child in body.get("children", []):
+        hosts |= members(data, child)
+    return hosts
+
+
+@pytest.mark.parametrize("name", ["lab", "example"])
+def test_both_sites_have_gpu_nodes_and_proxies(name):
+    data = inventory(name)
+    for site in ("primary", "standby"):
+        site_hosts = members(data, site)
+        assert members(data, "gpu_nodes") & site_hosts, f"{name}: {site} has no gpu_nodes"
+        assert members(data, "proxies") & site_hosts, f"{name}: {site} has no proxies"
+    assert members(data, "monitoring"), f"{name}: no monitoring host"
+
+
+@pytest.mark.parametrize("name", ["lab", "example"])
+def test_every_host_of_a_site_knows_its_site(name):
+    data = inventory(name)
+    hostvars = data["_meta"]["hostvars"]
+    for site in ("primary", "standby"):
+        for host in members(data, site):
+            assert hostvars[host]["deepseek_site"] == site
+
+
+@pytest.mark.parametrize("name", ["lab", "example"])
+def test_no_host_sits_in_both_sites(name):
+    data = inventory(name)
+    assert not members(data, "primary") & members(data, "standby")
+
+
+def test_lab_hosts_are_containers():
+    data = inventory("lab")
+    hostvars = data["_meta"]["hostvars"]
+    for host in members(data, "lab"):
+        assert hostvars[host]["ansible_connection"] == "community.docker.docker"

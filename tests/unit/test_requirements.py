@@ -1,0 +1,53 @@
+"""requirements.yml and galaxy.yml name collections that the pinned ansible bundle satisfies.
+
+Galaxy is not reachable where this project is tested, so instead of installing from it we
+prove that the collections bundled with the pinned `ansible` package meet every range.
+"""
+
+import json
+from pathlib import Path
+
+import ansible_collections
+import pytest
+from ansible.galaxy.dependency_resolution.versioning import meets_requirements
+from conftest import ROOT, load_yaml
+
+
+def bundled_version(fqcn: str) -> str | None:
+    """Version of a collection bundled in the installed ansible package, or None."""
+    namespace, name = fqcn.split(".")
+    for base in ansible_collections.__path__:
+        manifest = Path(base) / namespace / name / "MANIFEST.json"
+        if manifest.is_file():
+            return json.loads(manifest.read_text())["collection_info"]["version"]
+    return None
+
+
+REQUIREMENTS = load_yaml(ROOT / "requirements.yml")["collections"]
+GALAXY = load_yaml(ROOT / "galaxy.yml")
+
+
+@pytest.mark.parametrize("entry", REQUIREMENTS, ids=lambda e: e["name"])
+def test_bundle_satisfies_requirements_yml(entry):
+    version = bundled_version(entry["name"])
+    assert version is not None, f"{entry['name']} is not in the pinned ansible bundle"
+    assert meets_requirements(version, entry["version"]), f"{entry['name']} {version} does not meet {entry['version']}"
+
+
+def test_galaxy_dependencies_match_requirements_yml():
+    from_requirements = {e["name"]: e["version"] for e in REQUIREMENTS}
+    assert GALAXY["dependencies"] == from_requirements
+
+
+def test_every_collection_used_is_required():
+    """Any FQCN used in roles or playbooks belongs to ansible.builtin, this collection or requirements.yml."""
+    allowed = {"ansible.builtin", "deepseek.cluster"} | {e["name"] for e in REQUIREMENTS}
+    used = set()
+    for path in [*ROOT.glob("roles/*/tasks/**/*.yml"), *ROOT.glob("roles/*/handlers/*.yml"), *ROOT.glob("playbooks/*.yml")]:
+        for line in path.read_text().splitlines():
+            key = line.strip().lstrip("- ").split(":")[0]
+            parts = key.split(".")
+            if len(parts) == 3 and all(p.isidentifier() for p in parts):
+                used.add(f"{parts[0]}.{parts[1]}")
+    assert used, "no FQCN found: the scan is broken"
+    assert used <= allowed, f"collections used but not in requirements.yml: {sorted(used - allowed)}"
