@@ -90,10 +90,10 @@ def lab_hosts() -> list[LabHost]:
     data = json.loads(out)
     hostvars = data.get("_meta", {}).get("hostvars", {})
     groups_of: dict[str, list[str]] = {}
-    for group, body in data.items():
-        if group == "_meta":
+    for group in data:
+        if group in ("_meta", "all", "ungrouped", "lab"):
             continue
-        for host in body.get("hosts", []):
+        for host in expand_group(data, group):
             groups_of.setdefault(host, []).append(group)
     hosts = []
     for name in sorted(expand_group(data, "lab")):
@@ -240,7 +240,7 @@ def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
             state = f"{url}  ({series} node_* samples)"
         except OSError as err:
             state = f"{url}  NOT ANSWERING ({err})"
-        groups = ",".join(g for g in host.groups if g not in ("all", "ungrouped"))
+        groups = ",".join(host.groups)
         print(f"{host.name:<20} {ip:<15} {groups:<42} {state}")
     print()
     print("Shell on a host:   docker exec -it <host> bash")

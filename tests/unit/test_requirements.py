@@ -5,6 +5,7 @@ prove that the collections bundled with the pinned `ansible` package meet every 
 """
 
 import json
+import re
 from pathlib import Path
 
 import ansible_collections
@@ -23,6 +24,7 @@ def bundled_version(fqcn: str) -> str | None:
     return None
 
 
+FQCN_KEY = re.compile(r"^\s*(?:- )?(?P<namespace>[a-z_]+)\.(?P<name>[a-z_]+)\.[a-z_0-9]+:(?:\s|$)", re.MULTILINE)
 REQUIREMENTS = load_yaml(ROOT / "requirements.yml")["collections"]
 GALAXY = load_yaml(ROOT / "galaxy.yml")
 
@@ -43,11 +45,12 @@ def test_every_collection_used_is_required():
     """Any FQCN used in roles or playbooks belongs to ansible.builtin, this collection or requirements.yml."""
     allowed = {"ansible.builtin", "deepseek.cluster"} | {e["name"] for e in REQUIREMENTS}
     used = set()
-    for path in [*ROOT.glob("roles/*/tasks/**/*.yml"), *ROOT.glob("roles/*/handlers/*.yml"), *ROOT.glob("playbooks/*.yml")]:
-        for line in path.read_text().splitlines():
-            key = line.strip().lstrip("- ").split(":")[0]
-            parts = key.split(".")
-            if len(parts) == 3 and all(p.isidentifier() for p in parts):
-                used.add(f"{parts[0]}.{parts[1]}")
+    for path in [
+        *ROOT.glob("roles/*/tasks/**/*.yml"),
+        *ROOT.glob("roles/*/handlers/*.yml"),
+        *ROOT.glob("playbooks/*.yml"),
+    ]:
+        for match in FQCN_KEY.finditer(path.read_text()):
+            used.add(f"{match['namespace']}.{match['name']}")
     assert used, "no FQCN found: the scan is broken"
     assert used <= allowed, f"collections used but not in requirements.yml: {sorted(used - allowed)}"
