@@ -69,6 +69,12 @@ def log(message: str) -> None:
     print(f"lab: {message}", flush=True)
 
 
+def tool(name: str) -> str:
+    """Path of an ansible command: beside this Python (the project virtualenv) when it is there."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
 def ansible_env() -> dict[str, str]:
     """Environment for ansible commands run from this checkout."""
     env = dict(os.environ)
@@ -80,7 +86,7 @@ def ansible_env() -> dict[str, str]:
 def lab_hosts() -> list[LabHost]:
     """Read the lab hosts, their groups and container settings from the lab inventory."""
     out = subprocess.run(
-        ["ansible-inventory", "-i", str(INVENTORY), "--list"],
+        [tool("ansible-inventory"), "-i", str(INVENTORY), "--list"],
         check=True,
         capture_output=True,
         text=True,
@@ -202,9 +208,9 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
 
 def run_playbook(playbook: str = "site.yml", extra: list[str] | None = None) -> PlaybookRun:
     """Run a playbook against the lab inventory, streaming its output, and return its recap."""
-    cmd = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / playbook), *(extra or [])]
+    cmd = [tool("ansible-playbook"), "-i", str(INVENTORY), str(ROOT / playbook), *(extra or [])]
     env = ansible_env() | {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    log(" ".join(cmd[:1] + [os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd[1:]]))
+    log(" ".join([Path(cmd[0]).name] + [os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd[1:]]))
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     lines = []

@@ -3,6 +3,8 @@
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -11,7 +13,7 @@ from conftest import ROOT
 def inventory(name: str) -> dict:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     out = subprocess.run(
-        ["ansible-inventory", "-i", str(ROOT / "inventories" / name), "--list"],
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(ROOT / "inventories" / name), "--list"],
         check=True,
         capture_output=True,
         text=True,
