@@ -24,7 +24,7 @@ help:
 	@echo "make bench          benchmarks (site.yml timing on the lab)"
 
 $(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
@@ -41,7 +41,7 @@ lint: venv
 	yamllint --strict .
 	ruff check .
 	ruff format --check .
-	ansible-lint --profile production
+	ansible-lint --offline --profile production
 
 unit: venv
 	pytest -q tests/unit

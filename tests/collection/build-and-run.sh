@@ -17,19 +17,21 @@ echo "built $(basename "$TARBALL") ($(du -k "$TARBALL" | cut -f1) KiB)"
 
 echo "== contents"
 tar -tzf "$TARBALL" >"$WORK/files"
-for forbidden in '^collections/' '^molecule/' '/molecule/' '^\.venv/' '^benchmarks/' '^\.ci/' '^\.config/'; do
+for forbidden in '^collections/' '^molecule/' '/molecule/' '^\.venv/' '^benchmarks/' '^\.ci/' '^\.config/' '^\.ansible/'; do
   if grep -qE "$forbidden" "$WORK/files"; then
     echo "the tarball carries files matching $forbidden:"; grep -E "$forbidden" "$WORK/files" | head; exit 1
   fi
 done
-for required in galaxy.yml MANIFEST.json meta/runtime.yml playbooks/site.yml roles/node_exporter/tasks/main.yml \
+for required in MANIFEST.json FILES.json meta/runtime.yml playbooks/site.yml roles/node_exporter/tasks/main.yml \
                 roles/node_exporter/meta/argument_specs.yml docs/roles/node_exporter.md; do
   grep -qx "$required" "$WORK/files" || { echo "the tarball lacks $required"; exit 1; }
 done
 echo "$(wc -l <"$WORK/files") entries, no test or lab artefacts"
 
 echo "== install into a temporary collections path"
-ansible-galaxy collection install --no-deps -p "$WORK/collections" "$TARBALL" >/dev/null
+printf "[defaults]\n" >"$WORK/ansible.cfg"
+ANSIBLE_COLLECTIONS_PATH="$WORK/collections" ANSIBLE_CONFIG="$WORK/ansible.cfg" \
+  ansible-galaxy collection install --force --no-deps -p "$WORK/collections" "$TARBALL" >/dev/null
 INSTALLED="$WORK/collections/ansible_collections/deepseek/cluster"
 [ -f "$INSTALLED/MANIFEST.json" ] || { echo "install did not produce $INSTALLED"; exit 1; }
 
@@ -37,7 +39,7 @@ INSTALLED="$WORK/collections/ansible_collections/deepseek/cluster"
 # only the temporary collections path (the pinned ansible bundle still provides community.*).
 cd "$WORK"
 export ANSIBLE_COLLECTIONS_PATH="$WORK/collections"
-export ANSIBLE_CONFIG=/dev/null
+export ANSIBLE_CONFIG="$WORK/ansible.cfg"
 unset ANSIBLE_ROLES_PATH
 
 echo "== documentation renders from the installed copy"
@@ -47,7 +49,11 @@ echo "== run deepseek.cluster.site from the installed copy against a container"
 docker rm -f "$HOST" >/dev/null 2>&1 || true
 docker run -d --name "$HOST" --hostname "$HOST" --cap-add SYS_ADMIN --tmpfs /run --tmpfs /run/lock \
   -v /sys/fs/cgroup:/sys/fs/cgroup:rw deepseek-cluster/debian12-systemd:latest /sbin/init >/dev/null
-docker exec "$HOST" systemctl is-system-running --wait >/dev/null || true
+for _ in $(seq 1 60); do
+  state=$(docker exec "$HOST" systemctl is-system-running 2>/dev/null || true)
+  case "$state" in running|degraded) break ;; esac
+  sleep 1
+done
 cat >"$WORK/hosts.yml" <<YAML
 all:
   hosts:
@@ -57,7 +63,7 @@ all:
 YAML
 ansible-playbook -vv -i "$WORK/hosts.yml" deepseek.cluster.site >"$WORK/run.log" 2>&1 \
   || { tail -n 40 "$WORK/run.log"; exit 1; }
-grep -E '^(PLAY RECAP|\S+ +: ok=)' "$WORK/run.log"
+grep -A1 '^PLAY RECAP' "$WORK/run.log"
 # The role must have come from the installed copy, and the exporter must answer.
 grep -q "task path: $INSTALLED/roles/node_exporter/" "$WORK/run.log" \
   || { echo "the role did not run from the installed copy"; exit 1; }
