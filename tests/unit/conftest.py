@@ -1,11 +1,16 @@
 """Shared fixtures for the repository-level unit tests."""
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+# deepseek.cluster.* imports resolve from this checkout (collections/ links back to the root).
+sys.path.insert(0, str(ROOT / "collections"))
 
 
 def load_yaml(path: Path):
