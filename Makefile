@@ -13,7 +13,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/collections
 export PY_COLORS := 1
 export ANSIBLE_FORCE_COLOR := 1
 
-.PHONY: help venv engine image lint unit collection molecule molecule-extended \
+.PHONY: help venv engine image lint unit sanity collection molecule molecule-extended \
         lab lab-down lab-test test test-extended bench clean
 
 help:
@@ -21,7 +21,7 @@ help:
 	@echo "make lab-down       remove the lab containers and network"
 	@echo "make test           lint, unit, collection build+install, molecule (main scenarios), lab integration"
 	@echo "make test-extended  make test plus the extended molecule scenarios"
-	@echo "make bench          benchmarks (site.yml timing on the lab)"
+	@echo "make bench          benchmarks (site.yml timing on the lab, planning 1,000 hosts)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv --clear $(VENV)
@@ -44,7 +44,10 @@ lint: venv
 	ansible-lint --offline --profile production
 
 unit: venv
-	pytest -q tests/unit
+	pytest -q tests/unit tests/integration
+
+sanity: venv
+	tests/sanity/run.sh
 
 collection: venv
 	tests/collection/build-and-run.sh
@@ -64,12 +67,13 @@ lab-down: venv
 lab-test: venv image
 	$(VENV)/bin/python molecule/lab/lab.py test
 
-test: lint unit collection molecule lab-test
+test: lint unit sanity collection molecule lab-test
 
-test-extended: lint unit collection molecule-extended lab-test
+test-extended: lint unit sanity collection molecule-extended lab-test
 
 bench: venv image
+	$(VENV)/bin/python benchmarks/plan_1000_hosts.py
 	$(VENV)/bin/python benchmarks/lab_playbook_time.py
 
 clean: lab-down
-	rm -rf $(VENV) .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-sanity .ruff_cache .pytest_cache
