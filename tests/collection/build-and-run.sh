@@ -44,6 +44,8 @@ unset ANSIBLE_ROLES_PATH
 
 echo "== documentation renders from the installed copy"
 ansible-doc -t role deepseek.cluster.node_exporter >/dev/null
+ansible-doc deepseek.cluster.gpu_topology >/dev/null
+ansible-doc -t filter deepseek.cluster.parallel_plan >/dev/null
 
 echo "== run deepseek.cluster.site from the installed copy against a container"
 docker rm -f "$HOST" >/dev/null 2>&1 || true

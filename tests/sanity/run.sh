@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# ansible-test sanity (and units) for the collection's plugins, from a temporary
+# ansible_collections/deepseek/cluster tree (ansible-test requires that layout).
+# The sanity tools (pylint, validate-modules ...) go into a virtualenv of their own, .venv-sanity,
+# with the same ansible-core as the project (ansible-test --requirements installs them from PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+CORE=$(grep -E '^ansible-core==' requirements.txt)
+if [ ! -x .venv-sanity/bin/ansible-test ] || ! grep -qx "$CORE" <<<"$(.venv-sanity/bin/pip freeze 2>/dev/null)"; then
+  python3 -m venv --clear .venv-sanity
+  .venv-sanity/bin/pip install --quiet "$CORE"
+fi
+export PATH="$ROOT/.venv-sanity/bin:$PATH"
+# ansible-test bootstraps pip in its sanity virtualenvs with a script it downloads from a host that
+# is not reachable here; give it the offline stand-in under the cache name it looks for.
+PIP_VERSION=$(python3 - <<'PY'
+import re, pathlib, ansible_test
+src = (pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py").read_text()
+print(re.search(r"pip='([0-9.]+)'", src).group(1))
+PY
+)
+mkdir -p ~/.ansible/test/cache
+cp tests/sanity/get_pip_offline.py ~/.ansible/test/cache/get_pip_${PIP_VERSION//./_}.py
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+DEST="$WORK/ansible_collections/deepseek/cluster"
+mkdir -p "$DEST"
+# The collection's own files only: what git tracks or would track, minus test/lab tooling.
+{ git ls-files -z; git ls-files -z --others --exclude-standard; } \
+  | grep -zvE '^(collections|molecule|benchmarks|\.ci|\.config)/|/molecule/' \
+  | xargs -0 cp --parents -t "$DEST"
+cd "$DEST"
+PY=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ansible-test sanity --local --requirements --python "$PY" --color no "$@"
+echo "ansible-test sanity: 1 passed, 0 failed"
