@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "molecule" / "lab"))
+from lab import expand_group as members  # noqa: E402
+
 
 def inventory(name: str) -> dict:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
@@ -20,14 +23,6 @@ def inventory(name: str) -> dict:
         env=env,
     ).stdout
     return json.loads(out)
-
-
-def members(data: dict, group: str) -> set[str]:
-    body = data.get(group, {})
-    hosts = set(body.get("hosts", []))
-    for child in body.get("children", []):
-        hosts |= members(data, child)
-    return hosts
 
 
 @pytest.mark.parametrize("name", ["lab", "example"])
