@@ -23,10 +23,11 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.gpu_topology impo
 from ansible_collections.deepseek.cluster.plugins.module_utils.parallel_plan import plan  # noqa: E402
 
 SMI = ROOT / "tests" / "fixtures" / "nvidia-smi"
+# capture -> (share of the fleet, label)
 FLEET = {
-    "topo-8xH100-SXM-NV18-8nic-niclegend-gpunumaid-spaces-irregular.txt": 0.6,
-    "topo-8xA100-DGX-A100-NV12-12xmlx5-tabs.txt": 0.3,
-    "topo-8xH100-SXM-nvswitch.txt": 0.1,
+    "topo-8xH100-SXM-NV18-8nic-niclegend-gpunumaid-spaces-irregular.txt": (0.6, "8xH100 NV18 + 8 NICs"),
+    "topo-8xA100-DGX-A100-NV12-12xmlx5-tabs.txt": (0.3, "8xA100 NV12 + 12 NICs"),
+    "topo-8xH100-SXM-nvswitch.txt": (0.1, "8xH100 NV18, no NIC columns"),
 }
 REQUESTS = {
     "TP8 EP8 (one instance per node)": {"tensor_parallel_size": 8, "moe_expert_parallel_size": 8},
@@ -50,7 +51,7 @@ def main() -> int:
     args = parser.parse_args()
 
     texts = []
-    for name, share in FLEET.items():
+    for name, (share, _label) in FLEET.items():
         texts += [(SMI / name).read_text()] * round(args.hosts * share)
     texts = texts[: args.hosts]
 
@@ -58,7 +59,7 @@ def main() -> int:
     topologies = {f"gpu-{i:04d}": build_facts(t) for i, t in enumerate(texts)}
     per_host = statistics.median(parse_runs) / len(texts)
 
-    mix = ", ".join(f"{int(share * 100)}% {name.split('-')[1]}" for name, share in FLEET.items())
+    mix = ", ".join(f"{int(share * 100)}% {label}" for share, label in FLEET.values())
     print(f"hosts: {len(texts)} ({mix})")
     print(f"{'phase':<40} {'seconds':>9} {'ms/host':>9} {'x parse of one host':>20}")
     print(f"{'parse topo -m, all hosts':<40} {statistics.median(parse_runs):>9.3f} {per_host * 1e3:>9.3f} {1.0:>20.1f}")
