@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ansible_collections.deepseek.cluster.plugins.module_utils.gpu_topology import link_rank
+
 # gpu_topology facts of one host (see module_utils/gpu_topology.py).
 Facts = Dict[str, Any]
 
@@ -91,17 +93,10 @@ def _worst_link(facts: Facts, gpus: list[int]) -> str | None:
         for b in gpus:
             if a < b:
                 code = facts["links"]["GPU%d" % a]["GPU%d" % b]
-                key = _link_key(code)
+                key = link_rank(code)
                 if worst_key is None or key > worst_key:
                     worst, worst_key = code, key
     return worst
-
-
-def _link_key(code: str) -> tuple[int, int]:
-    ranks = {"X": 0, "PIX": 1, "PXB": 2, "PHB": 3, "NODE": 4, "SYS": 5}
-    if code.startswith("NV"):
-        return (0, -int(code[2:]))
-    return (1, ranks.get(code, 6))
 
 
 def nvlink_groups(facts: Facts, size: int, limit: int | None = None) -> list[list[int]]:
@@ -223,7 +218,7 @@ def _instance(number: int, parts: list[dict[str, Any]], req: dict[str, Any]) -> 
 def _single_node_parts(host: str, facts: Facts, req: dict[str, Any], warnings: list[str]) -> list[dict[str, Any]]:
     """Instances that fit on one host: pp stages, each a TP group inside an NVLink clique."""
     tp, pp = req["tensor_parallel_size"], req["pipeline_parallel_size"]
-    groups = nvlink_groups(facts, tp) if tp > 1 else nvlink_groups(facts, 1)
+    groups = nvlink_groups(facts, tp)
     if len(groups) < pp and tp > 1:
         if not req["allow_pcie_tp"]:
             raise PlanError(

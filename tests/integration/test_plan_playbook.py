@@ -11,22 +11,22 @@ ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "tests" / "integration" / "plan" / "hosts.yml"
 
 
-def run_plan(hosts: str, request: str):
+def run_ansible(tool: str, *args: str):
+    """Run an ansible command of the project virtualenv against this checkout's collection."""
     env = dict(
         os.environ,
         ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
         ANSIBLE_NOCOLOR="1",
     )
-    cmd = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        "-i",
-        str(INVENTORY),
-        str(ROOT / "playbooks" / "plan.yml"),
-        "-e",
-        f'{{"parallel_plan_hosts": "{hosts}", "parallel_plan_request": {request}}}',
-    ]
+    cmd = [str(Path(sys.executable).parent / tool), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+
+
+def run_plan(hosts: str, request: str | None):
+    extra = f'{{"parallel_plan_hosts": "{hosts}"'
+    extra += f', "parallel_plan_request": {request}}}' if request is not None else "}"
+    return run_ansible("ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks" / "plan.yml"), "-e", extra)
 
 
 def test_tp16_over_two_captured_h100_hosts():
@@ -54,24 +54,15 @@ def test_a100_pairs_small_tp(tp, instances):
 
 
 def test_missing_request_is_refused():
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"))
-    cmd = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        "-i",
-        str(INVENTORY),
-        str(ROOT / "playbooks" / "plan.yml"),
-    ]
-    cmd += ["-e", "parallel_plan_hosts=h100_pair"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    result = run_plan("h100_pair", None)
     assert result.returncode != 0
     assert "parallel_plan_request is not set" in result.stdout
 
 
 def test_module_on_a_host_without_nvidia_smi_reports_absent():
     """This machine has no nvidia-smi: the live path must say so, not fail."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"))
-    cmd = [
-        str(Path(sys.executable).parent / "ansible"),
+    result = run_ansible(
+        "ansible",
         "localhost",
         "-c",
         "local",
@@ -83,8 +74,7 @@ def test_module_on_a_host_without_nvidia_smi_reports_absent():
         "nvidia_smi=/nonexistent/nvidia-smi",
         "-e",
         f"ansible_python_interpreter={sys.executable}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"present": false' in result.stdout
     assert '"reason": "nvidia-smi not found"' in result.stdout
