@@ -49,7 +49,7 @@ unit: venv
 sanity: venv
 	tests/sanity/run.sh
 
-collection: venv
+collection: venv image
 	tests/collection/build-and-run.sh
 
 molecule: venv image
