@@ -1,0 +1,152 @@
+# Copyright: deepseek.cluster contributors
+# Apache License 2.0 (see LICENSE)
+"""Read what a host's kernel says about its NVIDIA hardware, without needing a driver.
+
+Everything comes from sysfs and procfs under a root directory (``/`` on a live host, a fixture
+tree in tests): PCI functions of vendor 0x10de (GPUs and NVSwitches), the loaded ``nvidia`` kernel
+module and its flavour, ``nouveau``, Secure Boot state from the EFI variable, and whether the host
+is a container. Nothing here runs a program, so it answers before any driver is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+NVIDIA_VENDOR = "0x10de"
+# PCI class codes (class << 16 | subclass << 8 | prog-if): VGA and 3D controllers are GPUs,
+# "bridge, other" functions of NVIDIA are NVSwitches.
+GPU_CLASSES = ("0x0300", "0x0302")
+NVSWITCH_CLASS = "0x0680"
+# Turing (TU10x/TU11x) starts at device id 0x1e00; every later architecture has higher ids.
+# Maxwell, Pascal and Volta (GV100 is 0x1db*) sit below and need the proprietary modules.
+FIRST_OPEN_MODULE_DEVICE_ID = 0x1E00
+SECURE_BOOT_VAR = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+CONTAINER_MARKERS = {".dockerenv": "docker", "run/.containerenv": "podman"}
+
+
+def _read(root: str, rel: str) -> str | None:
+    """Text of root/rel stripped, or None when it is missing or unreadable."""
+    try:
+        with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _read_bytes(root: str, rel: str) -> bytes | None:
+    try:
+        with open(os.path.join(root, rel), "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def open_module_capable(device_id: str) -> bool:
+    """Whether a GPU of this PCI device id (``0x2330``) runs NVIDIA's open kernel modules."""
+    return int(device_id, 16) >= FIRST_OPEN_MODULE_DEVICE_ID
+
+
+def pci_functions(root: str) -> list[dict[str, str]]:
+    """NVIDIA PCI functions: bus id, device id and class, sorted by bus id."""
+    base = os.path.join(root, "sys/bus/pci/devices")
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return []
+    found = []
+    for bus_id in entries:
+        rel = os.path.join("sys/bus/pci/devices", bus_id)
+        if (_read(root, rel + "/vendor") or "").lower() != NVIDIA_VENDOR:
+            continue
+        found.append(
+            {
+                "pci_bus_id": bus_id,
+                "device_id": (_read(root, rel + "/device") or "").lower(),
+                "class": (_read(root, rel + "/class") or "").lower(),
+            }
+        )
+    return found
+
+
+def gpus(functions: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The GPUs among NVIDIA PCI functions, with open-module capability per GPU."""
+    return [
+        {
+            "pci_bus_id": f["pci_bus_id"],
+            "device_id": f["device_id"],
+            "open_module_capable": open_module_capable(f["device_id"]),
+        }
+        for f in functions
+        if f["class"][:6] in GPU_CLASSES
+    ]
+
+
+def nvswitches(root: str, functions: list[dict[str, str]]) -> list[str]:
+    """NVSwitch devices: the driver's device list when it is loaded, else PCI bridge functions."""
+    try:
+        listed = sorted(os.listdir(os.path.join(root, "proc/driver/nvidia-nvswitch/devices")))
+    except OSError:
+        listed = []
+    if listed:
+        return listed
+    return [f["pci_bus_id"] for f in functions if f["class"][:6] == NVSWITCH_CLASS]
+
+
+def kernel_module(root: str) -> dict[str, Any]:
+    """The loaded nvidia module: version and flavour (open or proprietary), or not loaded."""
+    version = _read(root, "sys/module/nvidia/version")
+    banner = _read(root, "proc/driver/nvidia/version") or ""
+    flavor = ""
+    if version or banner:
+        flavor = "open" if "Open Kernel Module" in banner else "proprietary"
+    if not version and banner:
+        version = next((w for w in banner.split() if w.count(".") >= 1 and w.replace(".", "").isdigit()), None)
+    return {"loaded": bool(version), "version": version or "", "flavor": flavor}
+
+
+def secure_boot(root: str) -> str:
+    """``enabled``, ``disabled`` or ``unsupported`` (no EFI: legacy BIOS boot or no efivarfs)."""
+    if not os.path.isdir(os.path.join(root, "sys/firmware/efi")):
+        return "unsupported"
+    data = _read_bytes(root, SECURE_BOOT_VAR)
+    # efivarfs files start with 4 bytes of attributes; the fifth byte is the variable's value.
+    if data is None or len(data) < 5:
+        return "disabled"
+    return "enabled" if data[4] == 1 else "disabled"
+
+
+def container(root: str) -> str:
+    """The container technology the host runs in, or "" on bare metal and VMs."""
+    marker = _read(root, "run/systemd/container")
+    if marker:
+        return marker
+    for rel, kind in CONTAINER_MARKERS.items():
+        if os.path.exists(os.path.join(root, rel)):
+            return kind
+    environ = _read_bytes(root, "proc/1/environ") or b""
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"container="):
+            return entry.split(b"=", 1)[1].decode(errors="replace") or "container"
+    return ""
+
+
+def host_facts(root: str = "/") -> dict[str, Any]:
+    """All facts the GPU node roles decide on, read under ``root``."""
+    functions = pci_functions(root)
+    gpu_list = gpus(functions)
+    switches = nvswitches(root, functions)
+    capable = [g["open_module_capable"] for g in gpu_list]
+    return {
+        "container": container(root),
+        "gpus": gpu_list,
+        "gpu_count": len(gpu_list),
+        "nvswitches": switches,
+        "nvswitch_present": bool(switches),
+        # Open modules need every GPU of the host to be Turing or newer; with no GPU visible, open
+        # (NVIDIA's default since R560) is the sensible choice.
+        "recommended_kernel_modules": "open" if all(capable) else "proprietary",
+        "kernel_module": kernel_module(root),
+        "nouveau_loaded": os.path.isdir(os.path.join(root, "sys/module/nouveau")),
+        "secure_boot": secure_boot(root),
+    }
