@@ -1,0 +1,44 @@
+# Copyright: deepseek.cluster contributors
+# Apache License 2.0 (see LICENSE)
+"""Filters that choose NVIDIA repositories and packages per OS.
+
+``nvidia_driver_selection``, ``nvidia_cuda_selection``, ``nvidia_container_toolkit_selection``,
+``nvidia_cuda_repository``, ``nvidia_mirror_repository`` and ``nvidia_debian_nonfree_repository``
+expose module_utils/nvidia_packages to the nvidia_driver, cuda_toolkit and nvidia_container_toolkit
+roles. A request no repository can satisfy fails with a message naming the variable to change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.deepseek.cluster.plugins.module_utils import nvidia_packages as sel
+
+
+def _wrap(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Turn a SelectionError into an AnsibleFilterError with the same message."""
+
+    def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return func(*args, **kwargs)
+        except sel.SelectionError as exc:
+            raise AnsibleFilterError(str(exc)) from exc
+
+    call.__doc__ = func.__doc__
+    return call
+
+
+class FilterModule:
+    """NVIDIA package selection filters."""
+
+    def filters(self) -> dict[str, Callable[..., dict[str, Any]]]:
+        """Filter name -> function."""
+        return {
+            "nvidia_driver_selection": _wrap(sel.driver_selection),
+            "nvidia_cuda_selection": _wrap(sel.cuda_selection),
+            "nvidia_container_toolkit_selection": _wrap(sel.container_toolkit_selection),
+            "nvidia_cuda_repository": _wrap(sel.cuda_repository),
+            "nvidia_mirror_repository": _wrap(sel.mirror_repository),
+            "nvidia_debian_nonfree_repository": _wrap(sel.debian_nonfree_repository),
+        }

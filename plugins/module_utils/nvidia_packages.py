@@ -1,0 +1,420 @@
+# Copyright: deepseek.cluster contributors
+# Apache License 2.0 (see LICENSE)
+"""Which repository and which packages install NVIDIA's driver, CUDA and container toolkit.
+
+One pure function per role turns (OS, source, branch, ...) into a selection: the repository to
+configure and the package names, per OS family. The roles only apply the selection, so every OS and
+source is checked here by unit tests, including those no test machine can reach.
+
+Errors are ``SelectionError`` with a message that names the variable and the allowed values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+CUDA_REPO_URL = "https://developer.download.nvidia.com/compute/cuda/repos"
+CTK_REPO_URL = "https://nvidia.github.io/libnvidia-container"
+DEBIAN_ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+SOURCES = ("distro", "cuda_repo", "local_mirror")
+KERNEL_MODULES = ("open", "proprietary")
+# Driver branches each distribution ships itself. Debian 12 carries R535 only; RHEL none.
+DISTRO_BRANCHES = {
+    ("Debian", "12"): ("535",),
+    ("Ubuntu", "22"): ("535", "550", "570", "575", "580"),
+    ("Ubuntu", "24"): ("535", "550", "570", "575", "580"),
+}
+# The CUDA toolkit each distribution ships: (version, runtime library package).
+DISTRO_CUDA = {
+    ("Debian", "12"): ("11.8", "libcudart11.0"),
+    ("Ubuntu", "22"): ("11.5", "libcudart11.0"),
+    ("Ubuntu", "24"): ("12.0", "libcudart12"),
+}
+# The oldest driver branch each CUDA major runs on (NVIDIA's minor version compatibility table),
+# and the CUDA version each branch ships with (the cuda_repo default toolkit for that branch).
+CUDA_MIN_BRANCH = {11: 450, 12: 525, 13: 580}
+BRANCH_CUDA = {"535": "12.2", "550": "12.4", "570": "12.8", "575": "12.9", "580": "13.0"}
+CUDA_REPO_DISTROS = {("Debian", "12"): "debian12", ("Ubuntu", "22"): "ubuntu2204", ("Ubuntu", "24"): "ubuntu2404"}
+RHEL_LIKE = ("RedHat", "Rocky", "AlmaLinux", "CentOS")
+CUDA_REPO_ARCH = {"x86_64": "x86_64", "aarch64": "sbsa"}
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+class SelectionError(ValueError):
+    """A request that no repository can satisfy; the message names the variable to change."""
+
+
+def os_key(distribution: str, major: str) -> tuple[str, str]:
+    """(family key, major version) with RHEL rebuilds folded into RedHat."""
+    if distribution in RHEL_LIKE:
+        return ("RedHat", str(major))
+    return (distribution, str(major))
+
+
+def family(distribution: str) -> str:
+    """Apt or dnf."""
+    if distribution in RHEL_LIKE:
+        return "dnf"
+    if distribution in ("Debian", "Ubuntu"):
+        return "apt"
+    raise SelectionError(f"{distribution} is not supported: Debian 12, Ubuntu 22.04/24.04 and RHEL/Rocky 9 are.")
+
+
+def check_os(distribution: str, major: str) -> tuple[str, str]:
+    """The OS key, or an error naming the supported systems."""
+    key = os_key(distribution, major)
+    if key not in (("Debian", "12"), ("Ubuntu", "22"), ("Ubuntu", "24"), ("RedHat", "9")):
+        raise SelectionError(
+            f"{distribution} {major} is not supported: Debian 12, Ubuntu 22.04/24.04 and RHEL/Rocky 9 are."
+        )
+    return key
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SelectionError(f"{name} is '{value}'; allowed values: {', '.join(allowed)}.")
+
+
+def cuda_repository(distribution: str, major: str, arch: str, base_url: str = CUDA_REPO_URL) -> dict[str, Any]:
+    """NVIDIA's CUDA network repository for this OS and CPU architecture."""
+    key = check_os(distribution, major)
+    if arch not in CUDA_REPO_ARCH:
+        raise SelectionError(f"the CUDA repository has no build for architecture {arch}; x86_64 and aarch64 have.")
+    if key[0] == "RedHat":
+        path = f"{base_url}/rhel{key[1]}/{CUDA_REPO_ARCH[arch]}"
+        return {
+            "kind": "dnf",
+            "name": f"cuda-rhel{key[1]}-{CUDA_REPO_ARCH[arch]}",
+            "baseurl": path,
+            "gpgkey": f"{path}/D42D0685.pub",
+            "gpgcheck": True,
+            "repo_gpgcheck": False,
+        }
+    path = f"{base_url}/{CUDA_REPO_DISTROS[key]}/{CUDA_REPO_ARCH[arch]}/"
+    return {
+        "kind": "apt",
+        "name": "cuda",
+        "uris": [path],
+        "suites": ["/"],
+        "components": [],
+        "signed_by": path + "3bf863cc.pub",
+    }
+
+
+def mirror_repository(
+    kind: str, name: str, url: str, suite: str, components: list[str], signed_by: str
+) -> dict[str, Any]:
+    """An operator's mirror (air-gapped sites): flat (suite "/") or with a suite and components."""
+    if not re.match(r"^(https?|file)://", url or ""):
+        raise SelectionError(f"the local mirror URL is '{url}'; expected http://, https:// or file://.")
+    if kind == "dnf":
+        return {
+            "kind": "dnf",
+            "name": name,
+            "baseurl": url,
+            "gpgkey": signed_by,
+            "gpgcheck": bool(signed_by),
+            "repo_gpgcheck": False,
+        }
+    return {
+        "kind": "apt",
+        "name": name,
+        "uris": [url],
+        "suites": [suite],
+        "components": [] if suite.endswith("/") else list(components),
+        "signed_by": signed_by,
+    }
+
+
+def debian_nonfree_repository(targets: list[str], codename: str) -> dict[str, Any]:
+    """contrib/non-free/non-free-firmware on every Debian archive the host already uses.
+
+    ``targets`` are "URI SUITE COMPONENT" lines (``apt-get indextargets``). Debian's own archives are
+    the ones with a ``main`` component for ``codename`` or its -updates/-security/-backports suites,
+    so the host's mirrors are reused and third-party repositories are left alone.
+    """
+    debian_suites = [codename] + [f"{codename}-{s}" for s in ("updates", "security", "backports")]
+    groups: dict[str, list[str]] = {}
+    for line in targets:
+        parts = line.split()
+        if len(parts) != 3 or parts[1] not in debian_suites or parts[2] != "main":
+            continue
+        suites = groups.setdefault(parts[0].rstrip("/"), [])
+        if parts[1] not in suites:
+            suites.append(parts[1])
+    if not groups:
+        raise SelectionError(
+            f"no Debian '{codename}' source is configured on this host; set nvidia_driver_distro_mirrors "
+            "(a list of {uri, suites}) to the Debian mirror to add non-free to."
+        )
+    return {
+        "kind": "apt-debian",
+        "name": "debian-nonfree",
+        "groups": [{"uri": uri, "suites": suites} for uri, suites in groups.items()],
+        "components": ["contrib", "non-free", "non-free-firmware"],
+        "signed_by": DEBIAN_ARCHIVE_KEYRING,
+    }
+
+
+def check_branch(branch: str) -> int:
+    """The branch as an integer, or an error for anything but a three-digit branch."""
+    if not re.match(r"^[0-9]{3}$", str(branch)):
+        raise SelectionError(f'nvidia_driver_branch is \'{branch}\'; expected a driver branch such as "580" or "570".')
+    return int(branch)
+
+
+def _apt_version(name: str, version: str) -> str:
+    return f"{name}={version}*" if version else name
+
+
+def _dnf_version(name: str, version: str) -> str:
+    return f"{name}-{version}*" if version else name
+
+
+def driver_selection(
+    distribution: str,
+    major: str,
+    source: str,
+    layout: str,
+    branch: str,
+    kernel_modules: str,
+    version: str = "",
+    kernel: str = "",
+) -> dict[str, Any]:
+    """Packages of the NVIDIA driver for one host.
+
+    Returns ``family``, ``userspace`` / ``kernel`` / ``fabricmanager`` package lists (with version
+    patterns when ``version`` is set), ``versioned``: the packages whose version must be the driver's
+    (held against upgrades and compared before install), ``headers``, ``dkms`` and for RHEL the dnf
+    module stream.
+    """
+    _choice("nvidia_driver_source", source, SOURCES)
+    _choice("nvidia_driver_kernel_modules", kernel_modules, KERNEL_MODULES)
+    num = check_branch(branch)
+    key = check_os(distribution, major)
+    if version and not str(version).startswith(f"{branch}."):
+        raise SelectionError(f"nvidia_driver_version '{version}' is not of nvidia_driver_branch {branch}.")
+    flavor = layout if source == "local_mirror" else source
+    _choice("nvidia_driver_local_mirror_layout", flavor, ("distro", "cuda_repo"))
+    if flavor == "distro":
+        if key not in DISTRO_BRANCHES:
+            raise SelectionError(
+                f"nvidia_driver_source=distro: {distribution} {major} does not package the NVIDIA driver; "
+                "use nvidia_driver_source=cuda_repo or local_mirror."
+            )
+        if branch not in DISTRO_BRANCHES[key]:
+            raise SelectionError(
+                f"nvidia_driver_branch {branch} is not packaged by {distribution} {major} (it has "
+                f"{', '.join(DISTRO_BRANCHES[key])}); set nvidia_driver_branch to one of those, or use "
+                "nvidia_driver_source=cuda_repo."
+            )
+        table = _distro_packages(key, branch, kernel_modules, kernel)
+    else:
+        table = _cuda_repo_packages(key, branch, num, kernel_modules)
+    pin = _dnf_version if key[0] == "RedHat" else _apt_version
+    versioned = set(table["versioned"])
+    for part in ("userspace", "kernel", "fabricmanager"):
+        table[part] = [pin(p, version) if p in versioned else p for p in table[part]]
+    table["family"] = "dnf" if key[0] == "RedHat" else "apt"
+    table["headers"] = _headers(key, kernel) if table["dkms"] else []
+    return table
+
+
+def _headers(key: tuple[str, str], kernel: str) -> list[str]:
+    if not kernel:
+        return []
+    if key[0] == "RedHat":
+        return [f"kernel-devel-{kernel}", f"kernel-headers-{kernel}"]
+    return [f"linux-headers-{kernel}"]
+
+
+def _distro_packages(key: tuple[str, str], branch: str, modules: str, kernel: str) -> dict[str, Any]:
+    if key[0] == "Debian":
+        userspace = ["nvidia-smi", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
+        kmod = "nvidia-open-kernel-dkms" if modules == "open" else "nvidia-kernel-dkms"
+        return {
+            "userspace": userspace,
+            "kernel": [kmod, "firmware-nvidia-gsp"],
+            "fabricmanager": [],
+            "fabricmanager_available": False,
+            "versioned": ["nvidia-smi", "libcuda1", "libnvidia-ml1", kmod, "firmware-nvidia-gsp"],
+            "dkms": True,
+            "dnf_module": "",
+        }
+    suffix = f"{branch}-server" + ("-open" if modules == "open" else "")
+    # Ubuntu's precompiled, Canonical-signed modules for the running kernel: no DKMS build, and they
+    # load under Secure Boot without a MOK.
+    kmod = f"linux-modules-nvidia-{suffix}-{kernel}" if kernel else f"linux-modules-nvidia-{suffix}-generic"
+    userspace = [
+        f"nvidia-utils-{branch}-server",
+        f"libnvidia-compute-{branch}-server",
+        f"nvidia-compute-utils-{branch}-server",
+    ]
+    fabric = [f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"]
+    return {
+        "userspace": userspace,
+        "kernel": [kmod],
+        "fabricmanager": fabric,
+        "fabricmanager_available": True,
+        "versioned": userspace + fabric,
+        "dkms": False,
+        "dnf_module": "",
+    }
+
+
+def _cuda_repo_packages(key: tuple[str, str], branch: str, num: int, modules: str) -> dict[str, Any]:
+    # From R580 the fabric manager and NSCQ packages lost their branch suffix.
+    fabric = (
+        ["nvidia-fabricmanager", "libnvidia-nscq"]
+        if num >= 580
+        else [f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"]
+    )
+    if key[0] == "RedHat":
+        fabric = (
+            ["nvidia-fabricmanager", "libnvidia-nscq"] if num >= 580 else ["nvidia-fabric-manager", "libnvidia-nscq"]
+        )
+        userspace = ["nvidia-driver-cuda", "nvidia-driver-cuda-libs", "libnvidia-ml", "nvidia-persistenced"]
+        kmod = "kmod-nvidia-open-dkms" if modules == "open" else "kmod-nvidia-latest-dkms"
+        stream = f"{branch}-open" if modules == "open" else f"{branch}-dkms"
+        return {
+            "userspace": userspace,
+            "kernel": [kmod],
+            "fabricmanager": fabric,
+            "fabricmanager_available": True,
+            "versioned": userspace + [kmod] + fabric,
+            "dkms": True,
+            "dnf_module": f"nvidia-driver:{stream}",
+        }
+    if key[0] == "Debian":
+        userspace = ["nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
+        kmod = "nvidia-kernel-open-dkms" if modules == "open" else "nvidia-kernel-dkms"
+    else:
+        userspace = [f"nvidia-utils-{branch}", f"libnvidia-compute-{branch}", f"nvidia-compute-utils-{branch}"]
+        kmod = f"nvidia-dkms-{branch}-open" if modules == "open" else f"nvidia-dkms-{branch}"
+    # The pinning package keeps apt on this branch (without it cuda-drivers-580 pulls in 590).
+    pinning = [f"nvidia-driver-pinning-{branch}"] if num >= 580 else []
+    return {
+        "userspace": pinning + userspace,
+        "kernel": [kmod],
+        "fabricmanager": fabric,
+        "fabricmanager_available": True,
+        "versioned": userspace + [kmod] + fabric,
+        "dkms": True,
+        "dnf_module": "",
+    }
+
+
+def cuda_major(version: str) -> int:
+    """Major of a CUDA version "12.8"; an error for anything else."""
+    match = re.match(r"^([0-9]{2})\.([0-9])$", str(version))
+    if not match:
+        raise SelectionError(f'cuda_toolkit_version is \'{version}\'; expected MAJOR.MINOR such as "13.0" or "12.8".')
+    return int(match.group(1))
+
+
+def cuda_selection(
+    distribution: str,
+    major: str,
+    source: str,
+    layout: str,
+    version: str,
+    profile: str,
+    nccl: bool,
+    driver_branch: str,
+) -> dict[str, Any]:
+    """CUDA packages, install prefix and the version actually selected (``version`` "" = the default)."""
+    _choice("cuda_toolkit_source", source, SOURCES)
+    _choice("cuda_toolkit_profile", profile, ("toolkit", "runtime"))
+    key = check_os(distribution, major)
+    flavor = layout if source == "local_mirror" else source
+    _choice("cuda_toolkit_local_mirror_layout", flavor, ("distro", "cuda_repo"))
+    branch = check_branch(driver_branch)
+    if flavor == "distro":
+        if key not in DISTRO_CUDA:
+            raise SelectionError(
+                f"cuda_toolkit_source=distro: {distribution} {major} does not package CUDA; "
+                "use cuda_repo or local_mirror."
+            )
+        shipped, runtime = DISTRO_CUDA[key]
+        if version and version != shipped:
+            raise SelectionError(
+                f"cuda_toolkit_version {version} is not what {distribution} {major} packages ({shipped}); "
+                f'set cuda_toolkit_version to "{shipped}" or "", or use cuda_toolkit_source=cuda_repo.'
+            )
+        if nccl:
+            raise SelectionError(
+                f"cuda_toolkit_nccl: {distribution} {major} does not package NCCL; "
+                "use cuda_toolkit_source=cuda_repo or local_mirror, or set cuda_toolkit_nccl=false."
+            )
+        selected = shipped
+        packages = ["nvidia-cuda-toolkit"] if profile == "toolkit" else [runtime]
+        home = "/usr/lib/nvidia-cuda-toolkit" if profile == "toolkit" else ""
+        bin_dir = ""
+    else:
+        selected = version or BRANCH_CUDA.get(str(driver_branch), "")
+        if not selected:
+            raise SelectionError(f"no default CUDA for driver branch {driver_branch}; set cuda_toolkit_version.")
+        dashed = selected.replace(".", "-")
+        packages = [f"cuda-toolkit-{dashed}"] if profile == "toolkit" else [f"cuda-cudart-{dashed}"]
+        if nccl:
+            dev = "libnccl-devel" if key[0] == "RedHat" else "libnccl-dev"
+            runtime_lib = "libnccl" if key[0] == "RedHat" else "libnccl2"
+            sep = "-" if key[0] == "RedHat" else "="
+            packages += [f"{runtime_lib}{sep}*+cuda{selected}", f"{dev}{sep}*+cuda{selected}"]
+        home = f"/usr/local/cuda-{selected}"
+        bin_dir = f"{home}/bin" if profile == "toolkit" else ""
+    cmajor = cuda_major(selected)
+    minimum = CUDA_MIN_BRANCH.get(cmajor)
+    if minimum is None or branch < minimum:
+        need = f"R{minimum} or newer" if minimum else "a branch this role does not know"
+        raise SelectionError(
+            f"CUDA {selected} needs driver {need}; the driver branch is {driver_branch} "
+            "(cuda_toolkit_driver_branch / nvidia_driver_branch). Raise the branch or lower cuda_toolkit_version."
+        )
+    return {
+        "family": "dnf" if key[0] == "RedHat" else "apt",
+        "version": selected,
+        "packages": packages,
+        "cuda_home": home,
+        "bin_dir": bin_dir,
+    }
+
+
+def container_toolkit_selection(
+    distribution: str, major: str, arch: str, version: str, base_url: str = CTK_REPO_URL
+) -> dict[str, Any]:
+    """NVIDIA container toolkit repository and its four packages, pinned to one version."""
+    key = check_os(distribution, major)
+    if version and not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", str(version)):
+        raise SelectionError(f"nvidia_container_toolkit_version is '{version}'; expected a release such as \"1.18.1\".")
+    names = [
+        "nvidia-container-toolkit",
+        "nvidia-container-toolkit-base",
+        "libnvidia-container-tools",
+        "libnvidia-container1",
+    ]
+    if key[0] == "RedHat":
+        repo = {
+            "kind": "dnf",
+            "name": "nvidia-container-toolkit",
+            "baseurl": f"{base_url}/stable/rpm/$basearch",
+            "gpgkey": f"{base_url}/gpgkey",
+            "gpgcheck": False,
+            "repo_gpgcheck": True,
+        }
+        packages = [_dnf_version(n, version + "-1" if version else "") for n in names]
+    else:
+        if arch not in DEB_ARCH:
+            raise SelectionError(f"no container toolkit build for architecture {arch}; x86_64 and aarch64 have one.")
+        repo = {
+            "kind": "apt",
+            "name": "nvidia-container-toolkit",
+            "uris": [f"{base_url}/stable/deb/{DEB_ARCH[arch]}"],
+            "suites": ["/"],
+            "components": [],
+            "signed_by": f"{base_url}/gpgkey",
+        }
+        packages = [_apt_version(n, version + "-1" if version else "") for n in names]
+    return {"family": repo["kind"], "repository": repo, "packages": packages}
