@@ -2,9 +2,10 @@
 # Apache License 2.0 (see LICENSE)
 """Filters that choose NVIDIA repositories and packages per OS.
 
-``nvidia_driver_selection``, ``nvidia_cuda_selection``, ``nvidia_container_toolkit_selection``,
-``nvidia_cuda_repository``, ``nvidia_mirror_repository`` and ``nvidia_debian_nonfree_repository``
-expose module_utils/nvidia_packages to the nvidia_driver, cuda_toolkit and nvidia_container_toolkit
+nvidia_driver_selection, nvidia_cuda_selection, nvidia_container_toolkit_selection,
+nvidia_cuda_repository, nvidia_mirror_repository, nvidia_debian_nonfree_repository,
+nvidia_upstream_version, nvidia_package_name and nvidia_apt_simulation_versions expose
+module_utils/nvidia_packages to the nvidia_driver, cuda_toolkit and nvidia_container_toolkit
 roles. A request no repository can satisfy fails with a message naming the variable to change.
 """
 
@@ -32,7 +33,7 @@ def _wrap(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
 class FilterModule:
     """NVIDIA package selection filters."""
 
-    def filters(self) -> dict[str, Callable[..., dict[str, Any]]]:
+    def filters(self) -> dict[str, Callable[..., Any]]:
         """Filter name -> function."""
         return {
             "nvidia_driver_selection": _wrap(sel.driver_selection),
@@ -41,4 +42,7 @@ class FilterModule:
             "nvidia_cuda_repository": _wrap(sel.cuda_repository),
             "nvidia_mirror_repository": _wrap(sel.mirror_repository),
             "nvidia_debian_nonfree_repository": _wrap(sel.debian_nonfree_repository),
+            "nvidia_upstream_version": sel.upstream_version,
+            "nvidia_package_name": sel.package_name,
+            "nvidia_apt_simulation_versions": sel.apt_simulation_versions,
         }

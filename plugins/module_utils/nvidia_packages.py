@@ -128,13 +128,18 @@ def mirror_repository(
     }
 
 
-def debian_nonfree_repository(targets: list[str], codename: str) -> dict[str, Any]:
+def debian_nonfree_repository(
+    targets: list[str], codename: str, mirrors: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """contrib/non-free/non-free-firmware on every Debian archive the host already uses.
 
     ``targets`` are "URI SUITE COMPONENT" lines (``apt-get indextargets``). Debian's own archives are
     the ones with a ``main`` component for ``codename`` or its -updates/-security/-backports suites,
-    so the host's mirrors are reused and third-party repositories are left alone.
+    so the host's mirrors are reused and third-party repositories are left alone. ``mirrors``
+    ({uri, suites} mappings chosen by the operator) replace the detection when given.
     """
+    if mirrors:
+        return _nonfree({str(m["uri"]).rstrip("/"): [str(s) for s in m["suites"]] for m in mirrors})
     debian_suites = [codename] + [f"{codename}-{s}" for s in ("updates", "security", "backports")]
     groups: dict[str, list[str]] = {}
     for line in targets:
@@ -149,10 +154,14 @@ def debian_nonfree_repository(targets: list[str], codename: str) -> dict[str, An
             f"no Debian '{codename}' source is configured on this host; set nvidia_driver_distro_mirrors "
             "(a list of {uri, suites}) to the Debian mirror to add non-free to."
         )
+    return _nonfree(groups)
+
+
+def _nonfree(groups: dict[str, list[str]]) -> dict[str, Any]:
     return {
         "kind": "apt-debian",
         "name": "debian-nonfree",
-        "groups": [{"uri": uri, "suites": suites} for uri, suites in groups.items()],
+        "groups": [{"uris": [uri], "suites": suites} for uri, suites in groups.items()],
         "components": ["contrib", "non-free", "non-free-firmware"],
         "signed_by": DEBIAN_ARCHIVE_KEYRING,
     }
@@ -418,3 +427,24 @@ def container_toolkit_selection(
         }
         packages = [_apt_version(n, version + "-1" if version else "") for n in names]
     return {"family": repo["kind"], "repository": repo, "packages": packages}
+
+
+def upstream_version(version: str) -> str:
+    """The upstream part of a package version: "1:535.261.03-1~deb12u1" -> "535.261.03"."""
+    match = re.match(r"^(?:[0-9]+:)?([0-9][0-9.]*[0-9])", str(version))
+    return match.group(1) if match else ""
+
+
+def package_name(spec: str) -> str:
+    """The bare package name of a selection entry: "pkg=580.95.05*" or "pkg-580.95.05*" -> "pkg"."""
+    return re.sub(r"(=.*|-[0-9][0-9.]*\*)$", "", str(spec))
+
+
+def apt_simulation_versions(lines: list[str]) -> dict[str, str]:
+    """Package -> upstream version that ``apt-get install --simulate`` would install ("Inst" lines)."""
+    planned = {}
+    for line in lines:
+        match = re.match(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+)", line)
+        if match:
+            planned[match.group(1)] = upstream_version(match.group(2))
+    return planned

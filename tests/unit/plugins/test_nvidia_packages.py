@@ -3,12 +3,15 @@
 import pytest
 from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_packages import (
     SelectionError,
+    apt_simulation_versions,
     container_toolkit_selection,
     cuda_repository,
     cuda_selection,
     debian_nonfree_repository,
     driver_selection,
     mirror_repository,
+    package_name,
+    upstream_version,
 )
 
 KERNEL = "6.8.0-49-generic"
@@ -173,8 +176,8 @@ def test_debian_nonfree_reuses_the_hosts_own_mirrors():
         "http://ppa.example/ stable main",
     ]
     repo = debian_nonfree_repository(targets, "bookworm")
-    assert repo["groups"][0] == {"uri": "http://mirror.example/debian", "suites": ["bookworm", "bookworm-updates"]}
-    assert repo["groups"][1] == {"uri": "http://security.example/debian-security", "suites": ["bookworm-security"]}
+    assert repo["groups"][0] == {"uris": ["http://mirror.example/debian"], "suites": ["bookworm", "bookworm-updates"]}
+    assert repo["groups"][1] == {"uris": ["http://security.example/debian-security"], "suites": ["bookworm-security"]}
     assert repo["components"] == ["contrib", "non-free", "non-free-firmware"]
     with pytest.raises(SelectionError, match="no Debian 'bookworm' source"):
         debian_nonfree_repository(["http://x/ trixie main"], "bookworm")
@@ -235,3 +238,21 @@ def test_container_toolkit_apt_and_dnf():
     assert dnf["packages"][-1] == "libnvidia-container1-1.18.1-1*"
     with pytest.raises(SelectionError, match="nvidia_container_toolkit_version is 'v1.18'"):
         container_toolkit_selection("Debian", "12", "x86_64", "v1.18")
+
+
+def test_apt_simulation_versions_from_a_real_bookworm_simulation():
+    lines = [
+        "NOTE: This is only a simulation!",
+        "Inst nvidia-smi (535.261.03-1 Debian:12.12/oldstable [amd64])",
+        "Inst libcuda1 [535.247.01-1~deb12u1] (535.309.01-0+deb12u1 Debian-Security:12/oldstable-security [amd64])",
+        "Conf nvidia-smi (535.261.03-1 Debian:12.12/oldstable [amd64])",
+    ]
+    assert apt_simulation_versions(lines) == {"nvidia-smi": "535.261.03", "libcuda1": "535.309.01"}
+
+
+def test_package_names_and_upstream_versions():
+    assert package_name("nvidia-smi=535.261.03*") == "nvidia-smi"
+    assert package_name("kmod-nvidia-open-dkms-580.95.05*") == "kmod-nvidia-open-dkms"
+    assert package_name("nvidia-driver-pinning-580") == "nvidia-driver-pinning-580"
+    assert upstream_version("1:535.261.03-1~deb12u1") == "535.261.03"
+    assert upstream_version("580.95.05-1.el9") == "580.95.05"
