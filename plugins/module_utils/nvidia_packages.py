@@ -53,15 +53,6 @@ def os_key(distribution: str, major: str) -> tuple[str, str]:
     return (distribution, str(major))
 
 
-def family(distribution: str) -> str:
-    """Apt or dnf."""
-    if distribution in RHEL_LIKE:
-        return "dnf"
-    if distribution in ("Debian", "Ubuntu"):
-        return "apt"
-    raise SelectionError(f"{distribution} is not supported: Debian 12, Ubuntu 22.04/24.04 and RHEL/Rocky 9 are.")
-
-
 def check_os(distribution: str, major: str) -> tuple[str, str]:
     """The OS key, or an error naming the supported systems."""
     key = os_key(distribution, major)
