@@ -39,7 +39,8 @@ for cfg in roles/*/molecule/*/molecule.yml; do
   fi
   echo "=== molecule: $role / $scenario ==="
   start=$(date +%s)
-  if (cd "roles/$role" && molecule test -s "$scenario"); then
+  # Container names carry the role (.config/molecule/config.yml); hostnames take no underscore.
+  if (cd "roles/$role" && MOLECULE_ROLE="${role//_/-}" molecule test -s "$scenario"); then
     passed=$((passed + 1))
     echo "=== molecule: $role / $scenario passed in $(( $(date +%s) - start )) s ==="
   else
