@@ -3,8 +3,9 @@
 """Filters that choose NVIDIA repositories and packages per OS.
 
 nvidia_driver_selection, nvidia_cuda_selection, nvidia_container_toolkit_selection,
-nvidia_cuda_repository, nvidia_mirror_repository, nvidia_debian_nonfree_repository,
-nvidia_upstream_version, nvidia_package_name and nvidia_apt_simulation_versions expose
+nvidia_repository, nvidia_cuda_repository, nvidia_mirror_repository, nvidia_debian_nonfree_repository,
+nvidia_upstream_version, nvidia_package_name, nvidia_apt_simulation_versions,
+nvidia_installed_driver_branch and nvidia_nvcc_release expose
 module_utils/nvidia_packages to the nvidia_driver, cuda_toolkit and nvidia_container_toolkit
 roles. A request no repository can satisfy fails with a message naming the variable to change.
 """
@@ -17,10 +18,10 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.deepseek.cluster.plugins.module_utils import nvidia_packages as sel
 
 
-def _wrap(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a SelectionError into an AnsibleFilterError with the same message."""
 
-    def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except sel.SelectionError as exc:
@@ -41,8 +42,11 @@ class FilterModule:
             "nvidia_container_toolkit_selection": _wrap(sel.container_toolkit_selection),
             "nvidia_cuda_repository": _wrap(sel.cuda_repository),
             "nvidia_mirror_repository": _wrap(sel.mirror_repository),
+            "nvidia_repository": _wrap(sel.repository),
             "nvidia_debian_nonfree_repository": _wrap(sel.debian_nonfree_repository),
             "nvidia_upstream_version": sel.upstream_version,
             "nvidia_package_name": sel.package_name,
             "nvidia_apt_simulation_versions": sel.apt_simulation_versions,
+            "nvidia_installed_driver_branch": _wrap(sel.installed_driver_branch),
+            "nvidia_nvcc_release": sel.nvcc_release,
         }

@@ -158,6 +158,34 @@ def _nonfree(groups: dict[str, list[str]]) -> dict[str, Any]:
     }
 
 
+def repository(source: str, distribution: str, major: str, arch: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The repository one role configures for ``source`` (spec for nvidia_driver's repository.yml).
+
+    ``settings`` carries the role's variables: ``cuda_repo_url``; for local_mirror ``name``, ``url``,
+    ``suite``, ``components``, ``signed_by``; for Debian's distro source ``indextargets`` ("URI SUITE
+    COMPONENT" lines), ``codename`` and ``distro_mirrors``. Distributions other than Debian need no
+    extra repository for ``distro`` (kind "none").
+    """
+    _choice(settings.get("variable", "source"), source, SOURCES)
+    if source == "cuda_repo":
+        return cuda_repository(distribution, major, arch, settings["cuda_repo_url"])
+    if source == "local_mirror":
+        kind = "dnf" if os_key(distribution, major)[0] == "RedHat" else "apt"
+        return mirror_repository(
+            kind,
+            settings["name"],
+            settings["url"],
+            settings["suite"],
+            list(settings["components"]),
+            settings["signed_by"],
+        )
+    if distribution == "Debian":
+        return debian_nonfree_repository(
+            list(settings.get("indextargets") or []), settings["codename"], settings.get("distro_mirrors")
+        )
+    return {"kind": "none"}
+
+
 def check_branch(branch: str) -> int:
     """The branch as an integer, or an error for anything but a three-digit branch."""
     if not re.match(r"^[0-9]{3}$", str(branch)):
@@ -351,7 +379,9 @@ def cuda_selection(
         selected = shipped
         packages = ["nvidia-cuda-toolkit"] if profile == "toolkit" else [runtime]
         home = "/usr/lib/nvidia-cuda-toolkit" if profile == "toolkit" else ""
-        bin_dir = ""
+        # Debian/Ubuntu's nvcc finds its host compiler wrapper (gcc -> a supported gcc-N) only with this
+        # directory on PATH.
+        bin_dir = f"{home}/bin" if home else ""
     else:
         selected = version or BRANCH_CUDA.get(str(driver_branch), "")
         if not selected:
@@ -439,3 +469,36 @@ def apt_simulation_versions(lines: list[str]) -> dict[str, str]:
         if match:
             planned[match.group(1)] = upstream_version(match.group(2))
     return planned
+
+
+# Packages that carry libcuda.so, the driver's CUDA library, per packaging: Debian (and NVIDIA's
+# debian12 repository), Ubuntu and NVIDIA's Ubuntu repositories, RHEL.
+DRIVER_CUDA_LIBRARY = re.compile(r"^(libcuda1|libnvidia-compute-[0-9]{3}(-server)?|nvidia-driver-cuda-libs)$")
+
+
+def installed_driver_branch(packages: dict[str, list[dict[str, Any]]]) -> str:
+    """Branch ("535") of the installed driver's CUDA library (package_facts format); "" if none.
+
+    More than one installed branch is an error: CUDA would load whichever libcuda comes first.
+    """
+    branches = sorted(
+        {
+            upstream_version(entry.get("version", "")).split(".")[0]
+            for name, entries in packages.items()
+            if DRIVER_CUDA_LIBRARY.match(name)
+            for entry in entries
+        }
+        - {""}
+    )
+    if len(branches) > 1:
+        raise SelectionError(
+            f"driver CUDA libraries of several branches are installed ({', '.join(branches)}); "
+            "remove all but one, or set cuda_toolkit_driver_branch."
+        )
+    return branches[0] if branches else ""
+
+
+def nvcc_release(output: str) -> str:
+    """CUDA release from ``nvcc --version`` ("Cuda compilation tools, release 12.8, V12.8.93" -> "12.8")."""
+    match = re.search(r"release ([0-9]+\.[0-9]+)", str(output))
+    return match.group(1) if match else ""

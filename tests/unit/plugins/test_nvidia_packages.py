@@ -1,5 +1,7 @@
 """Repository and package selection for every supported OS and source, including the unreachable ones."""
 
+from pathlib import Path
+
 import pytest
 from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_packages import (
     SelectionError,
@@ -9,12 +11,16 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_packages i
     cuda_selection,
     debian_nonfree_repository,
     driver_selection,
+    installed_driver_branch,
     mirror_repository,
+    nvcc_release,
     package_name,
+    repository,
     upstream_version,
 )
 
 KERNEL = "6.8.0-49-generic"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def test_debian12_distro_r535_proprietary():
@@ -187,8 +193,11 @@ def test_cuda_distro_debian12_is_11_8_and_default_picks_it():
     sel = cuda_selection("Debian", "12", "distro", "", "", "toolkit", False, "535")
     assert sel["version"] == "11.8"
     assert sel["packages"] == ["nvidia-cuda-toolkit"]
+    # nvcc needs this directory on PATH to find Debian's host compiler wrapper.
+    assert sel["bin_dir"] == "/usr/lib/nvidia-cuda-toolkit/bin"
     runtime = cuda_selection("Debian", "12", "distro", "", "", "runtime", False, "535")
     assert runtime["packages"] == ["libcudart11.0"]
+    assert runtime["cuda_home"] == runtime["bin_dir"] == ""
 
 
 def test_cuda_repo_default_follows_the_driver_branch():
@@ -256,3 +265,59 @@ def test_package_names_and_upstream_versions():
     assert package_name("nvidia-driver-pinning-580") == "nvidia-driver-pinning-580"
     assert upstream_version("1:535.261.03-1~deb12u1") == "535.261.03"
     assert upstream_version("580.95.05-1.el9") == "580.95.05"
+
+
+def _facts(**versions):
+    return {name.replace("_", "-"): [{"version": v, "arch": "amd64"}] for name, v in versions.items()}
+
+
+@pytest.mark.parametrize(
+    ("packages", "branch"),
+    [
+        (_facts(libcuda1="535.261.03-1", libnvidia_ml1="535.261.03-1", bash="5.2.15-2+b2"), "535"),
+        (_facts(libnvidia_compute_580_server="580.95.05-0ubuntu0.24.04.2"), "580"),
+        (_facts(libnvidia_compute_570="570.172.08-0ubuntu1"), "570"),
+        (_facts(nvidia_driver_cuda_libs="3:580.95.05-1.el9"), "580"),
+        (_facts(libnvidia_ml1="535.261.03-1", bash="5.2.15-2+b2"), ""),
+        ({}, ""),
+    ],
+)
+def test_installed_driver_branch_from_the_cuda_library_package(packages, branch):
+    assert installed_driver_branch(packages) == branch
+
+
+def test_installed_driver_branch_refuses_two_branches():
+    packages = _facts(libnvidia_compute_570="570.172.08-0ubuntu1", libnvidia_compute_580="580.95.05-0ubuntu1")
+    with pytest.raises(SelectionError, match="several branches are installed .570, 580.*cuda_toolkit_driver_branch"):
+        installed_driver_branch(packages)
+
+
+def test_nvcc_release_parses_the_version_banner():
+    # Captured from `nvcc --version` of Debian 12's nvidia-cuda-toolkit 11.8.89~11.8.0-5~deb12u1.
+    banner = (FIXTURES / "cuda" / "nvcc-version-debian12.txt").read_text()
+    assert nvcc_release(banner) == "11.8"
+    assert nvcc_release("bash: nvcc: command not found") == ""
+
+
+MIRROR = {"name": "cuda-mirror", "url": "http://mirror/cuda/", "suite": "/", "components": ["main"], "signed_by": ""}
+
+
+def test_repository_dispatches_on_the_source():
+    settings = {"variable": "cuda_toolkit_source", "cuda_repo_url": "https://example.invalid/repos", **MIRROR}
+    assert repository("cuda_repo", "Ubuntu", "24", "x86_64", settings)["uris"] == [
+        "https://example.invalid/repos/ubuntu2404/x86_64/"
+    ]
+    assert repository("local_mirror", "Rocky", "9", "x86_64", settings)["kind"] == "dnf"
+    assert repository("local_mirror", "Debian", "12", "x86_64", settings)["uris"] == ["http://mirror/cuda/"]
+    assert repository("distro", "Ubuntu", "22", "x86_64", settings) == {"kind": "none"}
+    debian = repository(
+        "distro",
+        "Debian",
+        "12",
+        "x86_64",
+        {**settings, "codename": "bookworm", "indextargets": ["http://deb.debian.org/debian/ bookworm main"]},
+    )
+    assert debian["kind"] == "apt-debian"
+    assert debian["groups"] == [{"uris": ["http://deb.debian.org/debian"], "suites": ["bookworm"]}]
+    with pytest.raises(SelectionError, match="cuda_toolkit_source is 'ppa'; allowed values: distro, cuda_repo"):
+        repository("ppa", "Debian", "12", "x86_64", settings)
