@@ -265,6 +265,26 @@ def end_to_end_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list
             failures.append(f"{monitor.name} could not scrape node_* metrics from {host.name}:9100")
         else:
             log(f"{monitor.name} scraped {host.name}:9100 ({body.count(chr(10))} lines)")
+    for host in hosts:
+        if "gpu_nodes" in host.groups:
+            failures += gpu_node_checks(client.containers.get(host.name), host.name)
+    return failures
+
+
+def gpu_node_checks(node: Container, name: str) -> list[str]:
+    """The user-space path of the GPU node roles: driver libraries held, CUDA runtime found, NVML reached."""
+    failures = []
+    held = node.exec_run(["apt-mark", "showhold"]).output.decode().split()
+    if not {"nvidia-smi", "libcuda1", "libnvidia-ml1", "libcudart11.0"} <= set(held):
+        failures.append(f"{name}: driver and CUDA packages are not all held (held: {held})")
+    linker = node.exec_run(["ldconfig", "--print-cache"]).output.decode()
+    if "libcudart.so.11.0" not in linker or "libcuda.so.1" not in linker:
+        failures.append(f"{name}: the dynamic linker does not find libcudart.so.11.0 and libcuda.so.1")
+    smi = node.exec_run(["nvidia-smi"])
+    if smi.exit_code == 0 or b"NVML" not in smi.output:
+        failures.append(f"{name}: nvidia-smi did not reach NVML and report no driver (rc {smi.exit_code})")
+    if not failures:
+        log(f"{name}: driver user space and CUDA runtime held, NVML reached, no kernel driver (container)")
     return failures
 
 
