@@ -457,8 +457,8 @@ def upstream_version(version: str) -> str:
 
 
 def package_name(spec: str) -> str:
-    """The bare package name of a selection entry: "pkg=580.95.05*" or "pkg-580.95.05*" -> "pkg"."""
-    return re.sub(r"(=.*|-[0-9][0-9.]*\*)$", "", str(spec))
+    """The bare package name of a selection entry: "pkg=580.95.05*", "pkg-580.95.05*" or "pkg-1.18.1-1*" -> "pkg"."""
+    return re.sub(r"(=.*|-[0-9][0-9.]*(-[0-9][0-9.]*)?\*)$", "", str(spec))
 
 
 def apt_simulation_versions(lines: list[str]) -> dict[str, str]:

@@ -263,6 +263,9 @@ def test_package_names_and_upstream_versions():
     assert package_name("nvidia-smi=535.261.03*") == "nvidia-smi"
     assert package_name("kmod-nvidia-open-dkms-580.95.05*") == "kmod-nvidia-open-dkms"
     assert package_name("nvidia-driver-pinning-580") == "nvidia-driver-pinning-580"
+    assert package_name("nvidia-container-toolkit-1.18.1-1*") == "nvidia-container-toolkit"
+    assert package_name("libnvidia-container1=1.18.1-1*") == "libnvidia-container1"
+    assert package_name("cuda-toolkit-12-8") == "cuda-toolkit-12-8"
     assert upstream_version("1:535.261.03-1~deb12u1") == "535.261.03"
     assert upstream_version("580.95.05-1.el9") == "580.95.05"
 
