@@ -1,0 +1,123 @@
+"""triton_server, native runtime, lab layout: a real Triton on CPU serving the lab model over HTTP and gRPC."""
+
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "files" / "lab_model"))
+from tiny_moe import MoEConfig, TinyMoE, detokenize  # noqa: E402
+
+MODEL = "deepseek"
+PROMPT = "What is a mixture of experts?"
+
+
+@pytest.fixture(scope="module")
+def address(host):
+    return host.check_output("hostname -I").split()[0]
+
+
+def wait_ready(address, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{address}:8000/v2/models/{MODEL}/ready", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{MODEL} not ready within {timeout} s")
+
+
+def inputs(module, prompt, max_tokens):
+    text = module.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+    tokens = module.InferInput("sampling_param_max_tokens", [1], "INT32")
+    tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
+    return [text, tokens]
+
+
+def expected(prompt, max_tokens):
+    return detokenize(TinyMoE(MoEConfig(seed=20250101)).generate(prompt, max_tokens))
+
+
+def success_count(address):
+    with urllib.request.urlopen(f"http://{address}:8002/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
+    match = re.search(rf'^nv_inference_request_success{{model="{MODEL}",version="1"}} (\d+)', metrics, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def test_service_runs_hardened_as_its_own_user(host):
+    service = host.service("tritonserver")
+    assert service.is_enabled
+    assert service.is_running
+    show = host.check_output("systemctl show tritonserver -p User -p NoNewPrivileges -p ProtectSystem")
+    assert "User=triton" in show
+    assert "NoNewPrivileges=yes" in show
+    assert "ProtectSystem=strict" in show
+    assert host.run("systemd-analyze verify /etc/systemd/system/tritonserver.service").rc == 0
+
+
+def test_rendered_config_is_a_valid_triton_model_config(host):
+    text = host.file(f"/var/lib/triton/models/{MODEL}/config.pbtxt").content_string
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.name == MODEL
+    assert config.backend == "python"
+    assert not config.model_transaction_policy.decoupled
+    assert [i.name for i in config.input] == ["text_input", "streaming", "sampling_param_max_tokens"]
+    assert [o.name for o in config.output] == ["text_output"]
+    assert config.response_cache.enable
+
+
+def test_http_inference_gives_the_lab_models_exact_text(address):
+    client = httpclient.InferenceServerClient(f"{address}:8000")
+    result = client.infer(MODEL, inputs(httpclient, PROMPT, 12))
+    assert result.as_numpy("text_output")[0].decode() == expected(PROMPT, 12)
+
+
+def test_grpc_inference_gives_the_same_text(address):
+    client = grpcclient.InferenceServerClient(f"{address}:8001")
+    result = client.infer(MODEL, inputs(grpcclient, PROMPT, 12))
+    assert result.as_numpy("text_output")[0].decode() == expected(PROMPT, 12)
+
+
+def test_metrics_count_every_inference(address):
+    before = success_count(address)
+    client = httpclient.InferenceServerClient(f"{address}:8000")
+    for n in range(3):
+        client.infer(MODEL, inputs(httpclient, f"count me {n}", 4))
+    assert success_count(address) == before + 3
+
+
+def test_out_of_range_max_tokens_is_an_error_not_a_crash(address):
+    client = grpcclient.InferenceServerClient(f"{address}:8001")
+    with pytest.raises(InferenceServerException, match="sampling_param_max_tokens must be between 0 and 1024"):
+        client.infer(MODEL, inputs(grpcclient, PROMPT, 5000))
+    assert client.is_server_ready()
+
+
+def test_streaming_is_refused_when_not_decoupled(address):
+    client = grpcclient.InferenceServerClient(f"{address}:8001")
+    stream = grpcclient.InferInput("streaming", [1], "BOOL")
+    stream.set_data_from_numpy(np.array([True]))
+    with pytest.raises(InferenceServerException, match="Streaming is only supported in decoupled mode"):
+        client.infer(MODEL, [*inputs(grpcclient, PROMPT, 3), stream])
+
+
+def test_restart_comes_back_ready_and_serving(host, address):
+    host.run_expect([0], "systemctl restart tritonserver")
+    wait_ready(address)
+    client = httpclient.InferenceServerClient(f"{address}:8000")
+    result = client.infer(MODEL, inputs(httpclient, "after restart", 8))
+    assert result.as_numpy("text_output")[0].decode() == expected("after restart", 8)
