@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventories" / "lab"
 LABEL = "deepseek.cluster.lab"
 BOOT_TIMEOUT_S = 120
+LAB_MODEL = "deepseek"
+LAB_PROMPT = "What does the standby site do?"
 RECAP_LINE = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>(?:\w+=\d+\s*)+)$")
 
 
@@ -268,6 +270,33 @@ def end_to_end_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list
     for host in hosts:
         if "gpu_nodes" in host.groups:
             failures += gpu_node_checks(client.containers.get(host.name), host.name)
+    failures += inference_checks(client, [h for h in hosts if "gpu_nodes" in h.groups])
+    return failures
+
+
+def generate(address: str, prompt: str, max_tokens: int) -> str:
+    """One inference through Triton's HTTP generate endpoint (the production model's interface)."""
+    body = json.dumps({"text_input": prompt, "sampling_param_max_tokens": max_tokens}).encode()
+    request = urllib.request.Request(
+        f"http://{address}:8000/v2/models/{LAB_MODEL}/generate",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (lab addresses only)
+        return json.loads(answer.read())["text_output"]
+
+
+def inference_checks(client: docker.DockerClient, nodes: list[LabHost]) -> list[str]:
+    """A real inference on every inference node; every node must give the same answer (same seed)."""
+    failures, answers = [], {}
+    for node in nodes:
+        try:
+            answers[node.name] = generate(container_ip(client, node), LAB_PROMPT, 24)
+            log(f"{node.name}: {LAB_PROMPT!r} -> {answers[node.name]!r}")
+        except (OSError, KeyError, ValueError) as exc:
+            failures.append(f"{node.name}: inference on Triton failed: {exc}")
+    if len(set(answers.values())) > 1:
+        failures.append(f"inference nodes disagree on the same prompt: {answers}")
     return failures
 
 
@@ -299,7 +328,10 @@ def cmd_up(client: docker.DockerClient) -> int:
         return 1
     log(f"site.yml converged in {run.seconds:.0f} s with {run.changed} changes")
     status(client, hosts)
-    return 0
+    failures = inference_checks(client, [h for h in hosts if "gpu_nodes" in h.groups])
+    for failure in failures:
+        log(f"FAILED: {failure}")
+    return 1 if failures else 0
 
 
 def cmd_test(client: docker.DockerClient, keep: bool) -> int:
