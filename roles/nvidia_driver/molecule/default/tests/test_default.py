@@ -1,6 +1,15 @@
 """nvidia_driver, Debian 12 distro source, in a container: what is really installed and configured."""
 
 import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "tests"))
+# Shared with every scenario of this role (collected and run here, against this scenario's hosts).
+from container_userspace import (  # noqa: E402, F401
+    test_nvidia_smi_reaches_nvml_and_finds_no_driver,
+    test_persistenced_unit_enabled_not_running,
+)
 
 USERSPACE = ["nvidia-smi", "libcuda1", "libnvidia-ml1"]
 
@@ -34,15 +43,3 @@ def test_non_free_added_on_the_hosts_own_debian_mirror(host):
     assert re.search(r"^Suites: bookworm$", source.content_string, re.M)
     mirror = re.search(r"^deb (\S+) bookworm main", host.file("/etc/apt/sources.list").content_string, re.M).group(1)
     assert f"URIs: {mirror.rstrip('/')}" in source.content_string
-
-
-def test_persistenced_unit_enabled_not_running(host):
-    service = host.service("nvidia-persistenced")
-    assert service.is_enabled
-    assert not service.is_running  # no /dev/nvidiactl in a container
-
-
-def test_nvidia_smi_reaches_nvml_and_finds_no_driver(host):
-    result = host.run("nvidia-smi")
-    assert result.rc != 0
-    assert "NVML" in result.stdout + result.stderr

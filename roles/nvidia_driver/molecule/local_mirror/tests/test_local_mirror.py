@@ -2,6 +2,15 @@
 from the signed flat mirror on the docker network, and from nowhere else."""
 
 import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "tests"))
+# Shared with every scenario of this role (collected and run here, against this scenario's hosts).
+from container_userspace import (  # noqa: E402, F401
+    test_nvidia_smi_reaches_nvml_and_finds_no_driver,
+    test_persistenced_unit_enabled_not_running,
+)
 
 testinfra_hosts = ["ansible://molecule-nvidia-driver-node"]
 
@@ -95,15 +104,3 @@ def test_apt_policy_shows_the_mirror_as_only_origin(host):
     files = host.check_output("apt-cache policy")
     block = re.search(rf"^ 500 {re.escape(MIRROR.rstrip('/'))}  Packages\n(.*\n){{2}}", files, re.M).group(0)
     assert "o=deepseek-molecule-mirror" in block
-
-
-def test_persistenced_unit_enabled_not_running(host):
-    service = host.service("nvidia-persistenced")
-    assert service.is_enabled
-    assert not service.is_running  # no /dev/nvidiactl in a container
-
-
-def test_nvidia_smi_reaches_nvml_and_finds_no_driver(host):
-    result = host.run("nvidia-smi")
-    assert result.rc != 0
-    assert "NVML" in result.stdout + result.stderr
