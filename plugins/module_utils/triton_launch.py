@@ -5,9 +5,17 @@
 ``server_command`` is what runs inside the container for one plan instance: ``tritonserver`` alone for a
 world of one GPU, ``mpirun -n <world> trtllm-llmapi-launch tritonserver`` on one node, and the launcher's
 ``mpirun -H <host:slots,...>`` form for an instance that spans nodes. ``container_command`` wraps it in
-``docker run`` or ``podman run`` with exactly the planned GPUs (never all of them by accident), host IPC and
-network, the shared memory and ulimits TensorRT-LLM needs, the model repository read-only and the plan's
-NCCL environment. Errors are ``LaunchError``.
+``docker run`` or ``podman run`` with exactly the planned GPUs (never all of them by accident), host IPC
+(the host's /dev/shm: no --shm-size, which podman refuses with host IPC and docker ignores) and network,
+the ulimits TensorRT-LLM needs, the model repository and further mounts read-only
+and the plan's NCCL environment.
+
+An instance that spans nodes runs ``mpirun`` on its first host (the launcher); the other hosts (workers) run
+an SSH daemon in the same image on ``ssh_port``, and both sides mount the instance's SSH directory (client
+key, host key, known hosts, a config naming the port) read-only at /root/.ssh, so mpirun reaches the
+workers' containers, not their hosts, and checks whom it reached. ``launch_argv`` picks this host's
+instance from a whole plan and renders its command.
+Errors are ``LaunchError``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 
 ENGINES = ("docker", "podman")
 MODELS_IN_CONTAINER = "/models"
+SSH_IN_CONTAINER = "/root/.ssh"
 
 
 class LaunchError(ValueError):
@@ -57,6 +66,27 @@ def server_command(instance: dict[str, Any], host: str, server_args: list[str]) 
     return ["mpirun", "--allow-run-as-root", "-H", instance["mpi_hosts"], "-n", str(world), *exported, *launch]
 
 
+def role_of(instance: dict[str, Any], host: str) -> str:
+    """``single`` (instance on one host), ``launcher`` (first host of a multi-node one) or ``worker``."""
+    _part(instance, host)
+    if len(instance["hosts"]) == 1:
+        return "single"
+    return "launcher" if host == instance["hosts"][0] else "worker"
+
+
+def worker_command(ssh_port: int) -> list[str]:
+    """The SSH daemon a multi-node worker runs in the foreground, for the launcher's mpirun."""
+    if isinstance(ssh_port, bool) or not isinstance(ssh_port, int) or not 0 < ssh_port < 65536:
+        raise LaunchError(f"triton_server_mpi_ssh_port must be a port number, got {ssh_port!r}")
+    keys = SSH_IN_CONTAINER
+    return [
+        "/bin/sh",
+        "-c",
+        f"mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -p {ssh_port} -h {keys}/host_ed25519_key "
+        f"-o AuthorizedKeysFile={keys}/authorized_keys -o PasswordAuthentication=no",
+    ]
+
+
 def container_command(
     engine: str,
     name: str,
@@ -65,9 +95,16 @@ def container_command(
     host: str,
     server_args: list[str],
     model_repository: str,
-    shm_size: str,
+    *,
+    mounts: tuple[str, ...] = (),
+    ssh_dir: str = "",
+    ssh_port: int = 0,
 ) -> list[str]:
-    """``docker run`` / ``podman run`` argv for this host's share of ``instance``."""
+    """``docker run`` / ``podman run`` argv for this host's share of ``instance``.
+
+    ``mounts`` are host paths mounted read-only at the same path inside. A multi-node instance needs
+    ``ssh_dir`` and ``ssh_port``: the launcher runs mpirun, a worker runs the SSH daemon.
+    """
     if engine not in ENGINES:
         raise LaunchError(f"triton_server_container_engine is '{engine}'; allowed: {', '.join(ENGINES)}")
     part = _part(instance, host)
@@ -82,6 +119,16 @@ def container_command(
     else:
         devices = [arg for g in gpus for arg in ("--device", f"nvidia.com/gpu={g}")]
     env = [arg for key, value in _nccl_env(part).items() for arg in ("--env", f"{key}={value}")]
+    role = role_of(instance, host)
+    if role != "single" and not (ssh_dir and ssh_port):
+        raise LaunchError(
+            f"instance {instance.get('instance')} spans {', '.join(instance['hosts'])}: mpirun needs "
+            "triton_server_mpi_ssh_port and the SSH directory the role writes"
+        )
+    volumes = [f"{model_repository}:{MODELS_IN_CONTAINER}:ro", *(f"{m}:{m}:ro" for m in mounts)]
+    if role != "single":
+        volumes.append(f"{ssh_dir}:{SSH_IN_CONTAINER}:ro")
+    command = worker_command(ssh_port) if role == "worker" else server_command(instance, host, server_args)
     return [
         engine,
         "run",
@@ -91,14 +138,53 @@ def container_command(
         *devices,
         "--ipc=host",
         "--network=host",
-        f"--shm-size={shm_size}",
         "--ulimit",
         "memlock=-1",
         "--ulimit",
         "stack=67108864",
-        "--volume",
-        f"{model_repository}:{MODELS_IN_CONTAINER}:ro",
+        *(arg for volume in volumes for arg in ("--volume", volume)),
         *env,
         image,
-        *server_command(instance, host, server_args),
+        *command,
     ]
+
+
+def plan_instance(plan: dict[str, Any], host: str, number: int = -1) -> dict[str, Any]:
+    """The instance of ``plan`` that ``host`` serves: ``number`` if >= 0, else the only one it is part of."""
+    mine = [inst for inst in plan.get("instances", []) if host in inst.get("hosts", [])]
+    if number >= 0:
+        for inst in mine:
+            if inst["instance"] == number:
+                return inst
+        raise LaunchError(f"triton_server_plan_instance is {number}, but that plan instance places nothing on {host}")
+    if not mine:
+        raise LaunchError(f"triton_server_parallel_plan places no instance on {host}; plan with it or drop the host")
+    if len(mine) > 1:
+        numbers = ", ".join(str(inst["instance"]) for inst in mine)
+        raise LaunchError(
+            f"triton_server_parallel_plan places instances {numbers} on {host}; one server per host is run: "
+            "set triton_server_plan_instance to one of them (or plan with instances_per_node: 1)"
+        )
+    return mine[0]
+
+
+def launch_argv(launch: dict[str, Any]) -> list[str]:
+    """``container_command`` for one host, described by the mapping ``launch``.
+
+    Keys: engine, engine_bin (the program to run, default the engine's name), name, image, plan, host,
+    instance (-1: the only one), server_args, model_repository, mounts, ssh_dir, ssh_port.
+    """
+    instance = plan_instance(launch["plan"], launch["host"], int(launch.get("instance", -1)))
+    argv = container_command(
+        launch["engine"],
+        launch["name"],
+        launch["image"],
+        instance,
+        launch["host"],
+        list(launch["server_args"]),
+        launch["model_repository"],
+        mounts=tuple(launch.get("mounts", ())),
+        ssh_dir=launch.get("ssh_dir", ""),
+        ssh_port=int(launch.get("ssh_port", 0)),
+    )
+    return [launch.get("engine_bin") or argv[0], *argv[1:]]
