@@ -61,3 +61,25 @@ def test_seed_changes_the_weights_and_the_text():
 def test_bad_top_k_is_refused():
     with pytest.raises(ValueError, match="top_k must be between 1 and experts"):
         TinyMoE(MoEConfig(experts=4, top_k=5))
+
+
+def test_saved_weights_load_back_to_the_same_model_and_another_seed_differs(tmp_path, model):
+    path = tmp_path / "weights.npz"
+    model.save(str(path))
+    loaded = TinyMoE.load(str(path))
+    assert detokenize(loaded.generate("upgrade", 20)) == detokenize(model.generate("upgrade", 20))
+    other = tmp_path / "other.npz"
+    TinyMoE(MoEConfig(seed=7)).save(str(other))
+    assert detokenize(TinyMoE.load(str(other)).generate("upgrade", 20)) != detokenize(model.generate("upgrade", 20))
+
+
+def test_weights_with_a_wrong_shape_or_a_missing_array_are_refused(tmp_path, model):
+    arrays = {name: model.shapes()[name] for name in ("embedding", "recurrent", "router", "w_in")}
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, **{name: np.zeros(shape, dtype=np.float32) for name, shape in arrays.items()})
+    with pytest.raises(ValueError, match="lacks weight"):
+        TinyMoE.load(str(missing))
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, **{name: np.zeros(shape, dtype=np.float32) for name, shape in arrays.items()}, w_out=np.zeros(3))
+    with pytest.raises(ValueError, match="w_out has shape"):
+        TinyMoE.load(str(wrong))

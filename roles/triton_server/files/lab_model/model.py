@@ -10,6 +10,7 @@ response per request and refuses ``streaming`` as the production model does.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -20,6 +21,11 @@ def _parameter(config: dict, name: str, default: int) -> int:
     """An integer model parameter from config.pbtxt (``parameters { key: ... string_value: ... }``)."""
     value = config.get("parameters", {}).get(name, {}).get("string_value", "")
     return int(value) if value else default
+
+
+def _string_parameter(config: dict, name: str) -> str:
+    """A string model parameter from config.pbtxt, empty when unset."""
+    return config.get("parameters", {}).get(name, {}).get("string_value", "")
 
 
 def _optional(request: pb_utils.InferenceRequest, name: str, default: object) -> object:
@@ -38,11 +44,20 @@ class TritonPythonModel:
     """The lab model: deterministic text from a routed mixture of experts, token by token."""
 
     def initialize(self, args: dict) -> None:
-        """Build the weights from the configured seed and read the transaction policy."""
+        """Load this version's weights (artifact) or draw them from the seed; read the transaction policy.
+
+        With the ``artifact_dir`` parameter set, version N loads ``<artifact_dir>/N/weights.npz``, the
+        artifact the role fetched, verified and published for that version.
+        """
         config = json.loads(args["model_config"])
         self.default_max_tokens = _parameter(config, "default_max_tokens", 32)
         self.max_tokens_limit = _parameter(config, "max_tokens_limit", 1024)
-        self.moe = TinyMoE(MoEConfig(seed=_parameter(config, "seed", MoEConfig.seed)))
+        artifact_dir = _string_parameter(config, "artifact_dir")
+        if artifact_dir:
+            weights = os.path.join(artifact_dir, str(args["model_version"]), "weights.npz")
+            self.moe = TinyMoE.load(weights)
+        else:
+            self.moe = TinyMoE(MoEConfig(seed=_parameter(config, "seed", MoEConfig.seed)))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
 
     def _decode(self, request: pb_utils.InferenceRequest) -> tuple[str, int, bool]:
