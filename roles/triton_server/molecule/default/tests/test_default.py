@@ -48,13 +48,14 @@ def inputs(module, prompt, max_tokens):
 
 
 def expected(prompt, max_tokens):
-    return detokenize(TinyMoE(MoEConfig(seed=20250101)).generate(prompt, max_tokens))
+    # side_effect.yml upgraded the model to version 2: the artifact written from seed 202.
+    return detokenize(TinyMoE(MoEConfig(seed=202)).generate(prompt, max_tokens))
 
 
 def success_count(address):
     with urllib.request.urlopen(f"http://{address}:8002/metrics", timeout=5) as answer:
         metrics = answer.read().decode()
-    match = re.search(rf'^nv_inference_request_success{{model="{MODEL}",version="1"}} (\d+)', metrics, re.M)
+    match = re.search(rf'^nv_inference_request_success{{model="{MODEL}",version="2"}} (\d+)', metrics, re.M)
     return int(match.group(1)) if match else 0
 
 
@@ -121,3 +122,16 @@ def test_restart_comes_back_ready_and_serving(host, address):
     client = httpclient.InferenceServerClient(f"{address}:8000")
     result = client.infer(MODEL, inputs(httpclient, "after restart", 8))
     assert result.as_numpy("text_output")[0].decode() == expected("after restart", 8)
+
+
+def test_the_served_version_is_the_published_artifact_and_nothing_is_left_staged(host):
+    config = text_format.Parse(
+        host.file(f"/var/lib/triton/models/{MODEL}/config.pbtxt").content_string, model_config_pb2.ModelConfig()
+    )
+    assert list(config.version_policy.specific.versions) == [2]
+    weights = host.file(f"/var/lib/triton/artifacts/{MODEL}/2/weights.npz")
+    assert (weights.user, weights.group, weights.mode) == ("root", "triton", 0o640)
+    assert host.file(f"/var/lib/triton/artifacts/{MODEL}/2/.published").exists
+    # Version 1 was pruned; broken version 3 stayed in staging (kept to resume), never published.
+    assert host.check_output(f"ls -A /var/lib/triton/artifacts/{MODEL}").split() == [".staging-3", "2"]
+    assert host.check_output(f"ls /var/lib/triton/models/{MODEL}").split() == ["2", "config.pbtxt"]
