@@ -286,13 +286,53 @@ def generate(address: str, prompt: str, max_tokens: int) -> str:
         return json.loads(answer.read())["text_output"]
 
 
+def stream(address: str, prompt: str, max_tokens: int) -> list[str]:
+    """One streamed inference over a gRPC stream (decoupled): the text of every response, in order."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    pieces: list[str] = []
+    errors: list[Exception] = []
+
+    def collect(result: grpcclient.InferResult | None, error: Exception | None) -> None:
+        if error is not None:
+            errors.append(error)
+        elif result is not None and result.as_numpy("text_output") is not None:
+            pieces.append(result.as_numpy("text_output")[0].decode())
+
+    inputs = [
+        grpcclient.InferInput("text_input", [1], "BYTES"),
+        grpcclient.InferInput("sampling_param_max_tokens", [1], "INT32"),
+        grpcclient.InferInput("streaming", [1], "BOOL"),
+    ]
+    inputs[0].set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+    inputs[1].set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
+    inputs[2].set_data_from_numpy(np.array([True]))
+    client = grpcclient.InferenceServerClient(f"{address}:8001")
+    client.start_stream(callback=collect)
+    client.async_stream_infer(LAB_MODEL, inputs, enable_empty_final_response=True)
+    client.stop_stream()  # waits for the stream's final response
+    client.close()
+    if errors:
+        raise ValueError(f"stream error: {errors[0]}")
+    return pieces
+
+
 def inference_checks(client: docker.DockerClient, nodes: list[LabHost]) -> list[str]:
-    """A real inference on every inference node; every node must give the same answer (same seed)."""
+    """A real inference on every inference node, whole and streamed token by token over gRPC.
+
+    Every node must give the same answer (same seed), and the stream must be one response per token
+    that adds up to the whole answer.
+    """
     failures, answers = [], {}
     for node in nodes:
         try:
-            answers[node.name] = generate(container_ip(client, node), LAB_PROMPT, 24)
+            address = container_ip(client, node)
+            answers[node.name] = generate(address, LAB_PROMPT, 24)
             log(f"{node.name}: {LAB_PROMPT!r} -> {answers[node.name]!r}")
+            pieces = stream(address, LAB_PROMPT, 24)
+            if len(pieces) != 24 or "".join(pieces) != answers[node.name]:
+                failures.append(f"{node.name}: the gRPC stream gave {pieces!r}, not the answer token by token")
         except (OSError, KeyError, ValueError) as exc:
             failures.append(f"{node.name}: inference on Triton failed: {exc}")
     if len(set(answers.values())) > 1:
