@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -270,7 +271,7 @@ def end_to_end_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list
     for host in hosts:
         if "gpu_nodes" in host.groups:
             failures += gpu_node_checks(client.containers.get(host.name), host.name)
-    failures += inference_checks(client, [h for h in hosts if "gpu_nodes" in h.groups])
+    failures += site_checks(client, hosts)
     return failures
 
 
@@ -357,6 +358,55 @@ def gpu_node_checks(node: Container, name: str) -> list[str]:
     return failures
 
 
+PKI_STORE = ROOT / ".cache" / "pki"
+LAB_CLIENT = "lab-client"
+
+
+def through_proxy(address: str, prompt: str, max_tokens: int) -> str:
+    """One inference through a site's mutual-TLS proxy with the lab client's certificate (HTTP generate)."""
+    context = ssl.create_default_context(cafile=str(PKI_STORE / "ca.crt"))
+    clients = PKI_STORE / "clients"
+    context.load_cert_chain(str(clients / f"{LAB_CLIENT}.crt"), str(clients / f"{LAB_CLIENT}.key"))
+    body = json.dumps({"text_input": prompt, "sampling_param_max_tokens": max_tokens}).encode()
+    request = urllib.request.Request(
+        f"https://{address}:8443/v2/models/{LAB_MODEL}/generate",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310 (lab addresses only)
+        return json.loads(answer.read())["text_output"]
+
+
+def proxy_checks(client: docker.DockerClient, proxies: list[LabHost], expected: str) -> list[str]:
+    """Every site's proxy answers a client-certificate inference with the nodes' answer, and audits it."""
+    failures = []
+    for proxy in proxies:
+        try:
+            answer = through_proxy(container_ip(client, proxy), LAB_PROMPT, 24)
+        except (OSError, KeyError, ValueError) as exc:
+            failures.append(f"{proxy.name}: inference through the proxy failed: {exc}")
+            continue
+        log(f"{proxy.name} (mTLS, {LAB_CLIENT}): {LAB_PROMPT!r} -> {answer!r}")
+        if answer != expected:
+            failures.append(f"{proxy.name}: the proxy answered {answer!r}, the nodes {expected!r}")
+        audit = client.containers.get(proxy.name).exec_run(["tail", "-n", "1", "/var/log/haproxy/audit.log"])
+        line = audit.output.decode(errors="replace").strip()
+        log(f"{proxy.name} audit: {line}")
+        if f"CN={LAB_CLIENT}" not in line or '"status":200' not in line:
+            failures.append(f"{proxy.name}: the audit log's last line is not this request: {line!r}")
+    return failures
+
+
+def site_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
+    """Inference on every node (whole and streamed), then through every proxy."""
+    nodes = [h for h in hosts if "gpu_nodes" in h.groups]
+    failures = inference_checks(client, nodes)
+    if failures or not nodes:
+        return failures
+    expected = generate(container_ip(client, nodes[0]), LAB_PROMPT, 24)
+    return proxy_checks(client, [h for h in hosts if "proxies" in h.groups], expected)
+
+
 def cmd_up(client: docker.DockerClient) -> int:
     """Create the lab, converge it and print what runs where."""
     ensure_engine_and_image()
@@ -368,7 +418,7 @@ def cmd_up(client: docker.DockerClient) -> int:
         return 1
     log(f"site.yml converged in {run.seconds:.0f} s with {run.changed} changes")
     status(client, hosts)
-    failures = inference_checks(client, [h for h in hosts if "gpu_nodes" in h.groups])
+    failures = site_checks(client, hosts)
     for failure in failures:
         log(f"FAILED: {failure}")
     return 1 if failures else 0
