@@ -289,8 +289,8 @@ def generate(address: str, prompt: str, max_tokens: int) -> str:
 
 def stream(address: str, prompt: str, max_tokens: int) -> list[str]:
     """One streamed inference over a gRPC stream (decoupled): the text of every response, in order."""
-    import numpy as np
     import tritonclient.grpc as grpcclient
+    from model_inputs import generate_inputs
 
     pieces: list[str] = []
     errors: list[Exception] = []
@@ -301,14 +301,7 @@ def stream(address: str, prompt: str, max_tokens: int) -> list[str]:
         elif result is not None and result.as_numpy("text_output") is not None:
             pieces.append(result.as_numpy("text_output")[0].decode())
 
-    inputs = [
-        grpcclient.InferInput("text_input", [1], "BYTES"),
-        grpcclient.InferInput("sampling_param_max_tokens", [1], "INT32"),
-        grpcclient.InferInput("streaming", [1], "BOOL"),
-    ]
-    inputs[0].set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    inputs[1].set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
-    inputs[2].set_data_from_numpy(np.array([True]))
+    inputs = generate_inputs(grpcclient, prompt, max_tokens, streaming=True)
     client = grpcclient.InferenceServerClient(f"{address}:8001")
     client.start_stream(callback=collect)
     client.async_stream_infer(LAB_MODEL, inputs, enable_empty_final_response=True)

@@ -17,6 +17,9 @@ from tritonclient.utils import InferenceServerException
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "files" / "lab_model"))
 from tiny_moe import MoEConfig, TinyMoE, detokenize  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "molecule" / "lab"))
+from model_inputs import generate_inputs as inputs  # noqa: E402
+
 MODEL = "deepseek"
 PROMPT = "What is a mixture of experts?"
 
@@ -37,14 +40,6 @@ def wait_ready(address, timeout=120):
             pass
         time.sleep(1)
     raise AssertionError(f"{MODEL} not ready within {timeout} s")
-
-
-def inputs(module, prompt, max_tokens):
-    text = module.InferInput("text_input", [1], "BYTES")
-    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    tokens = module.InferInput("sampling_param_max_tokens", [1], "INT32")
-    tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
-    return [text, tokens]
 
 
 def expected(prompt, max_tokens):
