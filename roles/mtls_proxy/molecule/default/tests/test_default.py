@@ -4,15 +4,18 @@ import json
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "molecule" / "lab"))
+from model_inputs import generate_inputs as inputs  # noqa: E402
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 STORE = EPHEMERAL / "pki"
@@ -31,7 +34,7 @@ def address(host):
     return host.check_output("hostname -I").split()[0]
 
 
-def get(address, cert, key, path="/v2/health/ready", max_version=None):
+def get(address, cert, key, path="/v2/health/ready", max_version=None, method="GET"):
     """One HTTPS request on a new connection: the status line, or the TLS error that refused it."""
     context = ssl.create_default_context(cafile=CA)
     context.check_hostname = False
@@ -41,19 +44,12 @@ def get(address, cert, key, path="/v2/health/ready", max_version=None):
         context.maximum_version = max_version
     try:
         with socket.create_connection((address, 8443), timeout=10) as raw, context.wrap_socket(raw) as tls:
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: triton\r\nConnection: close\r\n\r\n".encode())
+            head = f"{method} {path} HTTP/1.1\r\nHost: triton\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            tls.sendall(head.encode())
             answer = tls.recv(4096).decode(errors="replace")
             return answer.split("\r\n", 1)[0] if answer else "closed"
     except (ssl.SSLError, OSError) as exc:
         return f"refused: {exc}"
-
-
-def inputs(module, prompt, max_tokens):
-    text = module.InferInput("text_input", [1], "BYTES")
-    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    tokens = module.InferInput("sampling_param_max_tokens", [1], "INT32")
-    tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
-    return [text, tokens]
 
 
 def test_valid_client_infers_over_https_and_grpc_with_tls(address):
@@ -103,6 +99,24 @@ def test_a_client_over_its_rate_gets_429_and_resource_exhausted_while_another_is
     assert "RESOURCE_EXHAUSTED" in str(refused.value.status())
     # A client under its limit is not slowed down by one over it.
     assert get(address, *client("app2")) == "HTTP/1.1 200 OK"
+
+
+def test_management_api_only_for_the_named_clients(address):
+    # app3 is in mtls_proxy_admin_api_clients; app2 is not, and may still infer and read metadata.
+    assert get(address, *client("app3"), path="/v2/repository/index", method="POST") == "HTTP/1.1 200 OK"
+    assert get(address, *client("app2"), path="/v2/repository/index", method="POST") == "HTTP/1.1 403 Forbidden"
+    unload = f"/v2/repository/models/{MODEL}/unload"
+    assert get(address, *client("app2"), path=unload, method="POST") == "HTTP/1.1 403 Forbidden"
+    assert get(address, *client("app2"), path=f"/v2/models/{MODEL}/trace/setting") == "HTTP/1.1 403 Forbidden"
+    assert get(address, *client("app2"), path=f"/v2/models/{MODEL}") == "HTTP/1.1 200 OK"
+    cert, key = client("app2")
+    grpc = grpcclient.InferenceServerClient(
+        f"{address}:8443", ssl=True, root_certificates=CA, private_key=key, certificate_chain=cert
+    )
+    with pytest.raises(InferenceServerException) as refused:
+        grpc.get_model_repository_index()
+    assert "PERMISSION_DENIED" in str(refused.value.status())
+    assert grpc.is_model_ready(MODEL)
 
 
 def audit_lines(host):
@@ -160,3 +174,13 @@ def test_prometheus_metrics_on_the_admin_address_only(host):
     assert 'haproxy_server_status{proxy="triton_http",server="triton-local",state="UP"} 1' in metrics
     assert host.socket("tcp://127.0.0.1:8404").is_listening
     assert not host.socket("tcp://0.0.0.0:8404").is_listening
+
+
+def test_certificate_rotation_under_load_loses_no_request():
+    """side_effect.yml renewed every certificate (new serials) while rotation_load.py kept requests going."""
+    seen = json.loads((EPHEMERAL / "rotation.json").read_text())
+    assert seen["failures"] == []
+    assert seen["requests"] > 20
+    assert seen["keepalive_requests"] > 20
+    # Both the old and the new server certificate were presented during the run.
+    assert len(seen["serials"]) == 2, seen["serials"]
