@@ -21,7 +21,7 @@ help:
 	@echo "make lab-down       remove the lab containers and network"
 	@echo "make test           lint, unit, collection build+install, molecule (main scenarios), lab integration"
 	@echo "make test-extended  make test plus the extended molecule scenarios"
-	@echo "make bench          benchmarks (planning 1,000 hosts, site.yml timing on the lab, Triton direct; leaves the lab up)"
+	@echo "make bench          benchmarks (planning 1,000 hosts, site.yml on the lab, Triton direct, the mTLS proxy's cost; leaves the lab up)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv --clear $(VENV)
@@ -75,6 +75,7 @@ bench: venv image
 	$(VENV)/bin/python benchmarks/plan_1000_hosts.py
 	$(VENV)/bin/python benchmarks/lab_playbook_time.py --keep
 	$(VENV)/bin/python benchmarks/triton_lab_model.py
+	$(VENV)/bin/python benchmarks/mtls_proxy_overhead.py
 
 clean: lab-down
 	rm -rf $(VENV) .venv-sanity .ruff_cache .pytest_cache
