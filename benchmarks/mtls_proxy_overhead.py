@@ -7,15 +7,16 @@ HTTP (infer / generate on keep-alive connections) and gRPC (unary / one stream p
 1, 8, 16 and 32. The proxy is pinned to that one node for the run, so both paths reach the same server.
 
 Each proxy configuration ("variant") is applied with playbooks/proxy.yml and role variables (what an
-operator would set), then measured. Direct figures are taken before and after the variants; the baseline
-is their mean and their difference is the run's noise. Printed per cell: added p50/p99 latency in ms, the
-throughput ratio (proxy / direct), and the proxy's CPU seconds per 1,000 requests (HAProxy, and rsyslog
-writing the audit log). Then, per variant, a client opening a new connection per request: plain TCP to
-Triton, a full TLS handshake with the proxy, a resumed TLS session; and what one signature verification
-with the CA's key costs (a full handshake pays several).
+operator would set), then every cell is measured direct and through the proxy alternately (--rounds each),
+so the baseline is the same cell's direct mean, taken in the same minutes; the spread of its direct rounds
+is printed as the cell's noise. --as-deployed measures the proxy as it is instead. Printed per cell: added
+p50/p99 latency in ms, the throughput ratio (proxy / direct), and the proxy's CPU seconds per 1,000
+requests (HAProxy, and rsyslog writing the audit log). Then, per variant, a client opening a new
+connection per request: plain TCP to Triton, a full TLS handshake with the proxy, a resumed TLS session;
+and what one signature verification with the CA's key costs (a full handshake pays several).
 
 Needs the lab (`make lab`). Restores the lab's proxy configuration at the end.
-Run with: .venv/bin/python benchmarks/mtls_proxy_overhead.py [--site primary] [--variants tuned]
+Run with: .venv/bin/python benchmarks/mtls_proxy_overhead.py [--site primary] [--variants plain,one-thread]
 """
 
 from __future__ import annotations
