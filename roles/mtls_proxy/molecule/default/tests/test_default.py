@@ -34,6 +34,13 @@ def address(host):
     return host.check_output("hostname -I").split()[0]
 
 
+def grpc_client(address, cert, key):
+    """tritonclient gRPC over TLS to the proxy, with a client certificate."""
+    return grpcclient.InferenceServerClient(
+        f"{address}:8443", ssl=True, root_certificates=CA, private_key=key, certificate_chain=cert
+    )
+
+
 def get(address, cert, key, path="/v2/health/ready", max_version=None, method="GET"):
     """One HTTPS request on a new connection: the status line, or the TLS error that refused it."""
     context = ssl.create_default_context(cafile=CA)
@@ -59,9 +66,7 @@ def test_valid_client_infers_over_https_and_grpc_with_tls(address):
     )
     answer = http.infer(MODEL, inputs(httpclient, "through the proxy", 8)).as_numpy("text_output")[0].decode()
     assert len(answer) == 8
-    grpc = grpcclient.InferenceServerClient(
-        f"{address}:8443", ssl=True, root_certificates=CA, private_key=key, certificate_chain=cert
-    )
+    grpc = grpc_client(address, cert, key)
     again = grpc.infer(MODEL, inputs(grpcclient, "through the proxy", 8)).as_numpy("text_output")[0].decode()
     assert again == answer
 
@@ -91,9 +96,7 @@ def test_a_client_over_its_rate_gets_429_and_resource_exhausted_while_another_is
     statuses = [get(address, cert, key) for _ in range(60)]
     assert "HTTP/1.1 429 Too Many Requests" in statuses
     assert statuses[0] == "HTTP/1.1 200 OK"
-    grpc = grpcclient.InferenceServerClient(
-        f"{address}:8443", ssl=True, root_certificates=CA, private_key=key, certificate_chain=cert
-    )
+    grpc = grpc_client(address, cert, key)
     with pytest.raises(InferenceServerException) as refused:
         grpc.is_server_ready()
     assert "RESOURCE_EXHAUSTED" in str(refused.value.status())
@@ -110,9 +113,7 @@ def test_management_api_only_for_the_named_clients(address):
     assert get(address, *client("app2"), path=f"/v2/models/{MODEL}/trace/setting") == "HTTP/1.1 403 Forbidden"
     assert get(address, *client("app2"), path=f"/v2/models/{MODEL}") == "HTTP/1.1 200 OK"
     cert, key = client("app2")
-    grpc = grpcclient.InferenceServerClient(
-        f"{address}:8443", ssl=True, root_certificates=CA, private_key=key, certificate_chain=cert
-    )
+    grpc = grpc_client(address, cert, key)
     with pytest.raises(InferenceServerException) as refused:
         grpc.get_model_repository_index()
     assert "PERMISSION_DENIED" in str(refused.value.status())
