@@ -104,7 +104,7 @@ class Pair:
     direct: Figures
     proxy: Figures
     cpu: dict[str, float]
-    noise: float = 1.0
+    noise: float
 
 
 def load_echo(node: str) -> None:
@@ -166,8 +166,12 @@ def measure_cell(
             cpu[name] += after[name] - before[name]
     # The warm-up requests (one per worker) count too: the CPU deltas cover them.
     served = sum(f.requests + cell.concurrency for f in proxied)
-    pair = Pair(mean(direct), mean(proxied), {n: used * 1000 / served for n, used in cpu.items()})
-    pair.noise = max(f.rps for f in direct) / min(f.rps for f in direct)
+    pair = Pair(
+        direct=mean(direct),
+        proxy=mean(proxied),
+        cpu={n: used * 1000 / served for n, used in cpu.items()},
+        noise=max(f.rps for f in direct) / min(f.rps for f in direct),
+    )
     lab.log(
         f"{cell.model} {cell.protocol} c{cell.concurrency}: direct {pair.direct.rps:.0f}/s "
         f"p50 {pair.direct.p50_ms:.2f} ms, proxy {pair.proxy.rps:.0f}/s p50 {pair.proxy.p50_ms:.2f} ms"
