@@ -6,7 +6,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -105,10 +104,8 @@ def test_out_of_range_max_tokens_is_an_error_not_a_crash(address):
 
 def test_streaming_is_refused_when_not_decoupled(address):
     client = grpcclient.InferenceServerClient(f"{address}:8001")
-    stream = grpcclient.InferInput("streaming", [1], "BOOL")
-    stream.set_data_from_numpy(np.array([True]))
     with pytest.raises(InferenceServerException, match="Streaming is only supported in decoupled mode"):
-        client.infer(MODEL, [*inputs(grpcclient, PROMPT, 3), stream])
+        client.infer(MODEL, inputs(grpcclient, PROMPT, 3, streaming=True))
 
 
 def test_restart_comes_back_ready_and_serving(host, address):
