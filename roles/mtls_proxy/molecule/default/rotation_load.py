@@ -61,8 +61,6 @@ def keep_alive(args: argparse.Namespace, stop: threading.Event, seen: dict) -> N
             seen["keepalive_requests"] += 1
             if answer.status != 200:
                 seen["failures"].append(f"keep-alive: HTTP {answer.status}")
-            if answer.will_close:
-                seen["keepalive_reopened"] += 1
         except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
             seen["keepalive_requests"] += 1
             seen["failures"].append(f"keep-alive: {exc!r}")
@@ -78,7 +76,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between a client's requests")
     parser.add_argument("--limit", type=float, default=240)
     args = parser.parse_args()
-    seen = {"requests": 0, "keepalive_requests": 0, "keepalive_reopened": 0, "serials": {}, "failures": []}
+    seen = {"requests": 0, "keepalive_requests": 0, "serials": {}, "failures": []}
     stop = threading.Event()
     threads = [threading.Thread(target=f, args=(args, stop, seen)) for f in (new_connections, keep_alive)]
     for thread in threads:
