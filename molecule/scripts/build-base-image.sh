@@ -66,8 +66,11 @@ for unit in systemd-remount-fs.service systemd-udevd.service systemd-udev-trigge
   ln -sf /dev/null "$ROOTFS/etc/systemd/system/$unit"
 done
 printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' >"$ROOTFS/etc/apt/apt.conf.d/90-no-recommends"
+# A fresh machine's package index: no lists and no update stamp (roles must refresh it themselves;
+# molecule's prepare and the lab check that the hosts start this way).
 chroot "$ROOTFS" apt-get clean
-rm -rf "$ROOTFS"/var/lib/apt/lists/*
+rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/lib/apt/periodic/update-success-stamp
+mkdir -p "$ROOTFS"/var/lib/apt/lists/partial
 
 log "importing the root filesystem as $IMAGE"
 tar -C "$ROOTFS" -c . | docker import \
