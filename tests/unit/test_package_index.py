@@ -23,7 +23,7 @@ COMMAND_MODULES = {"command", "shell"}
 ROLE_INCLUDES = {"include_role", "import_role"}
 TASK_INCLUDES = {"include_tasks", "import_tasks"}
 INSTALL_COMMAND = re.compile(r"\b(apt-get|apt|dnf|yum)\b['\",\s]+(?:-\S+['\",\s]+)*install\b")
-REFRESH = re.compile(r"\b(update_cache|cache_valid_time|makecache)\b|apt(-get)?['\",\s]+update\b")
+REFRESH = re.compile(r"\b(update_cache|cache_valid_time|makecache)\b|\bapt(-get)?\b(?:['\",\s]+-\S+)*['\",\s]+update\b")
 
 
 def short(key: str) -> str:
@@ -40,6 +40,12 @@ def module_of(task: dict) -> tuple[str, object]:
     return "", None
 
 
+def command_text(args: object) -> str:
+    """The command line of a command/shell task, argv lists joined."""
+    text = args.get("argv", args.get("cmd", "")) if isinstance(args, dict) else args
+    return " ".join(text) if isinstance(text, list) else str(text)
+
+
 def installs(task: dict) -> bool:
     """True when the task installs packages or asks the package manager about an install."""
     name, args = module_of(task)
@@ -47,8 +53,7 @@ def installs(task: dict) -> bool:
         wanted = any(k in args for k in ("name", "pkg", "deb"))
         return wanted and str(args.get("state", "present")) != "absent"
     if name in COMMAND_MODULES:
-        text = args.get("argv", args.get("cmd", "")) if isinstance(args, dict) else args
-        return bool(INSTALL_COMMAND.search(" ".join(text) if isinstance(text, list) else str(text)))
+        return bool(INSTALL_COMMAND.search(command_text(args)))
     return False
 
 
@@ -144,7 +149,7 @@ def test_the_walk_reaches_the_installs_it_judges():
 def test_no_role_refreshes_an_index_itself(role):
     hits = [
         f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
-        for path in sorted((role / "tasks").glob("*.yml"))
+        for path in sorted([*(role / "tasks").glob("*.yml"), *(role / "handlers").glob("*.yml")])
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if REFRESH.search(line) and not line.lstrip().startswith("#")
     ]
@@ -167,9 +172,23 @@ def refreshes_hosts_index(task: dict) -> bool:
         return False
     name, args = module_of(task)
     if name in PACKAGE_MODULES:
-        return isinstance(args, dict) and bool(args.get("update_cache"))
+        return isinstance(args, dict) and bool(args.get("update_cache") or args.get("cache_valid_time"))
     text = yaml.safe_dump(task)
-    return name in COMMAND_MODULES and bool(REFRESH.search(text)) and "Dir::State::Lists" not in text
+    own_lists = "Dir::State::Lists" in text
+    return name in COMMAND_MODULES and bool(REFRESH.search(command_text(args))) and not own_lists
+
+
+def test_playbooks_neither_refresh_nor_install():
+    # Playbooks compose roles; packages and the index are the roles' business.
+    hits = [
+        f"{path.relative_to(ROOT)}: {task.get('name')}"
+        for path in sorted(ROOT.glob("playbooks/*.yml"))
+        for play in yaml.safe_load(path.read_text()) or []
+        for key in ("pre_tasks", "tasks", "post_tasks", "handlers")
+        for task in flat(play.get(key))
+        if installs(task) or refreshes_hosts_index(task)
+    ]
+    assert hits == []
 
 
 def test_no_scenario_refreshes_the_hosts_index():
@@ -198,7 +217,9 @@ def test_scenario_check_sees_a_refresh(tmp_path):
     refresh = {"name": "Refresh", "ansible.builtin.apt": {"update_cache": True}}
     own = {"name": "Own lists", "ansible.builtin.shell": "apt-get -o Dir::State::Lists=/x update"}
     assert refreshes_hosts_index(refresh)
+    assert refreshes_hosts_index({"name": "Aged", "ansible.builtin.apt": {"cache_valid_time": 60}})
     assert refreshes_hosts_index({"name": "Update", "ansible.builtin.command": {"cmd": "apt-get update"}})
+    assert refreshes_hosts_index({"name": "Quiet", "ansible.builtin.command": {"argv": ["apt-get", "-q", "update"]}})
     assert not refreshes_hosts_index(own)
     assert not refreshes_hosts_index(refresh | {"delegate_to": "localhost"})
 
