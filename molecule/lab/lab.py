@@ -14,14 +14,18 @@ The inventory inventories/lab/hosts.yml is the single source of truth: every hos
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
 import ssl
 import subprocess
 import sys
+import tarfile
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +39,14 @@ BOOT_TIMEOUT_S = 120
 LAB_MODEL = "deepseek"
 LAB_PROMPT = "What does the standby site do?"
 RECAP_LINE = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>(?:\w+=\d+\s*)+)$")
+# How the controller reaches the lab hosts: SSH with the lab's own key, to the addresses and host keys
+# recorded when the hosts were created (inventories/lab/group_vars/all.yml points ansible at CONFIG).
+SSH_DIR = ROOT / ".cache" / "lab" / "ssh"
+SSH_KEY = SSH_DIR / "id_ed25519"
+SSH_CONFIG = SSH_DIR / "config"
+KNOWN_HOSTS = SSH_DIR / "known_hosts"
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
+APT_LISTS = "/var/lib/apt/lists"
 
 
 @dataclass
@@ -129,7 +141,12 @@ def ensure_engine_and_image() -> None:
 
 
 def create_hosts(client: docker.DockerClient, hosts: list[LabHost]) -> None:
-    """Create (or start) one systemd container per lab host and wait until each has booted."""
+    """Create (or start) one systemd container per lab host, wait until each has booted, give SSH access.
+
+    A new host starts as a fresh machine: no package lists (checked) and a lists directory dated now, so
+    that a role trusting apt's cache age alone fails here, whatever the age of the base image.
+    """
+    created = []
     for network in {h.network for h in hosts}:
         if not client.networks.list(names=[network]):
             log(f"creating network {network}")
@@ -152,11 +169,90 @@ def create_hosts(client: docker.DockerClient, hosts: list[LabHost]) -> None:
                 stop_signal="SIGRTMIN+3",
                 labels={LABEL: "1"},
             )
+            created.append(host.name)
+        elif container.image.id != client.images.get(host.image).id:
+            raise SystemExit(f"lab: {host.name} runs an older {host.image}; remove the lab first (make lab-down)")
         elif container.status != "running":
             log(f"starting {host.name}")
             container.start()
     for host in hosts:
         wait_for_boot(client, host.name)
+        if host.name in created:
+            fresh_package_index(client.containers.get(host.name))
+    grant_ssh(client, hosts)
+
+
+def fresh_package_index(container: Container) -> None:
+    """Check a new host has no package lists, and date the empty lists directory now."""
+    found = container.exec_run(["find", APT_LISTS, "-name", "*_Packages*"]).output.decode().split()
+    if found:
+        raise SystemExit(f"lab: {container.name} starts with {len(found)} package lists; the base image must ship none")
+    container.exec_run(["rm", "-f", "/var/lib/apt/periodic/update-success-stamp"])
+    container.exec_run(["touch", APT_LISTS])
+
+
+def ssh_public_key() -> str:
+    """The lab's own SSH key (made once, kept in the checkout's ignored .cache); returns the public half."""
+    if not SSH_KEY.exists():
+        SSH_DIR.mkdir(parents=True, exist_ok=True)
+        SSH_DIR.chmod(0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deepseek-cluster-lab", "-f", str(SSH_KEY)],
+            check=True,
+        )
+    return SSH_KEY.with_suffix(".pub").read_text().strip()
+
+
+def authorize(container: Container, public_key: str) -> None:
+    """Install the lab key as root's only authorized key (the bootstrap step cloud-init does elsewhere)."""
+    data = (public_key + "\n").encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        directory = tarfile.TarInfo(".ssh")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o700
+        archive.addfile(directory)
+        keys = tarfile.TarInfo(".ssh/authorized_keys")
+        keys.size, keys.mode = len(data), 0o600
+        archive.addfile(keys, io.BytesIO(data))
+    container.put_archive("/root", buffer.getvalue())
+
+
+def host_key(container: Container) -> str:
+    """The host's ed25519 public key ("type base64"), read through the engine (made at its first boot)."""
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        result = container.exec_run(["cat", HOST_KEY])
+        fields = result.output.decode().split()
+        if result.exit_code == 0 and len(fields) >= 2:
+            return " ".join(fields[:2])
+        time.sleep(1)
+    raise SystemExit(f"lab: {container.name} has no SSH host key ({HOST_KEY})")
+
+
+def grant_ssh(client: docker.DockerClient, hosts: list[LabHost]) -> None:
+    """Authorize the lab key on every host and record each host's address and host key for ansible's SSH."""
+    public_key = ssh_public_key()
+    blocks, known = [], []
+    for host in hosts:
+        container = client.containers.get(host.name)
+        authorize(container, public_key)
+        known.append(f"{host.name} {host_key(container)}")
+        blocks += [f"Host {host.name}", f"  HostName {container_ip(client, host)}", f"  HostKeyAlias {host.name}"]
+    # The host blocks come before "Host *": ssh keeps the first value it meets for each option.
+    common = [
+        "Host *",
+        "  User root",
+        f"  IdentityFile {SSH_KEY}",
+        "  IdentitiesOnly yes",
+        f"  UserKnownHostsFile {KNOWN_HOSTS}",
+        "  StrictHostKeyChecking yes",
+        "  PasswordAuthentication no",
+        "  ConnectTimeout 10",
+    ]
+    header = ["# Written by molecule/lab/lab.py: how the controller reaches the lab hosts (ansible: -F this file)."]
+    KNOWN_HOSTS.write_text("\n".join(known) + "\n")
+    SSH_CONFIG.write_text("\n".join(header + blocks + common) + "\n")
+    log(f"SSH: {len(hosts)} hosts, host keys recorded in {KNOWN_HOSTS.relative_to(ROOT)}")
 
 
 def find_container(client: docker.DockerClient, name: str) -> Container | None:
@@ -252,7 +348,7 @@ def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
         groups = ",".join(host.groups)
         print(f"{host.name:<20} {ip:<15} {groups:<42} {state}")
     print()
-    print("Shell on a host:   docker exec -it <host> bash")
+    print(f"Shell on a host:   ssh -F {SSH_CONFIG.relative_to(ROOT)} <host>   (or docker exec -it <host> bash)")
     print("Re-run the stack:  make lab        Remove it:  make lab-down")
 
 
@@ -355,49 +451,182 @@ PKI_STORE = ROOT / ".cache" / "pki"
 LAB_CLIENT = "lab-client"
 
 
-def through_proxy(address: str, prompt: str, max_tokens: int) -> str:
-    """One inference through a site's mutual-TLS proxy with the lab client's certificate (HTTP generate)."""
+def tls_context(client_cert: bool = True, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    """A client context trusting the lab CA, with the lab client's certificate unless told otherwise."""
     context = ssl.create_default_context(cafile=str(PKI_STORE / "ca.crt"))
-    clients = PKI_STORE / "clients"
-    context.load_cert_chain(str(clients / f"{LAB_CLIENT}.crt"), str(clients / f"{LAB_CLIENT}.key"))
+    if client_cert:
+        clients = PKI_STORE / "clients"
+        context.load_cert_chain(str(clients / f"{LAB_CLIENT}.crt"), str(clients / f"{LAB_CLIENT}.key"))
+    if max_version is not None:
+        context.maximum_version = max_version
+    return context
+
+
+def through_proxy(address: str, prompt: str, max_tokens: int, context: ssl.SSLContext | None = None) -> str:
+    """One inference through a site's mutual-TLS proxy (HTTP generate), with the lab client's certificate."""
     body = json.dumps({"text_input": prompt, "sampling_param_max_tokens": max_tokens}).encode()
     request = urllib.request.Request(
         f"https://{address}:8443/v2/models/{LAB_MODEL}/generate",
         data=body,
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310 (lab addresses only)
+    with urllib.request.urlopen(request, timeout=30, context=context or tls_context()) as answer:  # noqa: S310
         return json.loads(answer.read())["text_output"]
 
 
-def proxy_checks(client: docker.DockerClient, proxies: list[LabHost], expected: str) -> list[str]:
-    """Every site's proxy answers a client-certificate inference with the nodes' answer, and audits it."""
+def exec_text(client: docker.DockerClient, host: LabHost, argv: list[str]) -> str:
+    """Run a read-only command on a lab host through the engine (the test harness's view) and return stdout."""
+    return client.containers.get(host.name).exec_run(argv).output.decode(errors="replace")
+
+
+SERVER_STATUS = re.compile(
+    r'^haproxy_server_status\{proxy="(?P<backend>[^"]+)",server="(?P<server>[^"]+)",state="UP"\} 1$'
+)
+SUCCESS = re.compile(rf'^nv_inference_request_success\{{model="{LAB_MODEL}",version="[^"]*"\}} (?P<n>[0-9.e+]+)$')
+
+
+def backends_up(metrics: str) -> dict[str, set[str]]:
+    """The servers each backend has UP, from HAProxy's Prometheus exporter output."""
+    backends: dict[str, set[str]] = {}
+    for match in filter(None, map(SERVER_STATUS.match, metrics.splitlines())):
+        backends.setdefault(match["backend"], set()).add(match["server"])
+    return backends
+
+
+def successful_requests(metrics: str) -> float:
+    """Successful inference requests of the lab model, from Triton's Prometheus metrics output."""
+    return sum(float(m["n"]) for m in map(SUCCESS.match, metrics.splitlines()) if m)
+
+
+def proxy_backends(client: docker.DockerClient, proxy: LabHost) -> dict[str, set[str]]:
+    """The servers each backend of a proxy has UP, read from its exporter on its admin address."""
+    return backends_up(exec_text(client, proxy, ["curl", "-sf", "--max-time", "5", "http://127.0.0.1:8404/metrics"]))
+
+
+def served_requests(client: docker.DockerClient, node: LabHost) -> float:
+    """Successful inference requests Triton on the node has served for the lab model (its :8002 metrics)."""
+    return successful_requests(fetch(f"http://{container_ip(client, node)}:8002/metrics"))
+
+
+def site_of(host: LabHost) -> str:
+    """The site group a lab host belongs to (primary or standby), or '' when it has none."""
+    return next((g for g in host.groups if g in ("primary", "standby")), "")
+
+
+def refused(address: str, context: ssl.SSLContext) -> str:
+    """'' when a proxied request with this context is refused in the TLS handshake, else what happened.
+
+    TLS 1.3 clients learn of a refused certificate after their side of the handshake, as an alert or a
+    reset on the first read; nothing listening (connection refused) is not a TLS refusal.
+    """
+    try:
+        return f"answered: {through_proxy(address, LAB_PROMPT, 4, context)!r}"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+    except OSError as exc:
+        reason = exc
+    if isinstance(reason, ConnectionRefusedError) or not isinstance(reason, ssl.SSLError | ConnectionError):
+        return f"failed otherwise: {reason!r}"
+    return ""
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Poll a condition until it holds or the time is up; returns its last value."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return condition()
+
+
+def served_since(
+    client: docker.DockerClient, nodes: list[LabHost], before: dict[str, float], expected: int
+) -> dict[str, float]:
+    """Requests each node served since `before`, read until they add up to `expected` (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        served = {n.name: served_requests(client, n) - before[n.name] for n in nodes}
+        if sum(served.values()) >= expected or time.monotonic() > deadline:
+            return served
+        time.sleep(0.5)
+
+
+def proxy_checks(client: docker.DockerClient, proxies: list[LabHost], nodes: list[LabHost], expected: str) -> list[str]:
+    """Each proxy: backends = its own site's nodes, inferences land there only, refusals, the audit line."""
     failures = []
     for proxy in proxies:
+        own = {n.name for n in nodes if site_of(n) == site_of(proxy)}
+        backends = proxy_backends(client, proxy)
+        for backend in ("triton_http", "triton_grpc"):
+            if backends.get(backend, set()) != own:
+                up = sorted(backends.get(backend, []))
+                failures.append(f"{proxy.name}: backend {backend} has {up} UP, not {sorted(own)}")
+        address = container_ip(client, proxy)
         try:
-            answer = through_proxy(container_ip(client, proxy), LAB_PROMPT, 24)
+            before = {n.name: served_requests(client, n) for n in nodes}
+            answers = [through_proxy(address, LAB_PROMPT, 24) for _ in range(PROXIED_REQUESTS)]
+            served = served_since(client, nodes, before, PROXIED_REQUESTS)
         except (OSError, KeyError, ValueError) as exc:
             failures.append(f"{proxy.name}: inference through the proxy failed: {exc}")
             continue
-        log(f"{proxy.name} (mTLS, {LAB_CLIENT}): {LAB_PROMPT!r} -> {answer!r}")
-        if answer != expected:
-            failures.append(f"{proxy.name}: the proxy answered {answer!r}, the nodes {expected!r}")
-        audit = client.containers.get(proxy.name).exec_run(["tail", "-n", "1", "/var/log/haproxy/audit.log"])
-        line = audit.output.decode(errors="replace").strip()
-        log(f"{proxy.name} audit: {line}")
-        if f"CN={LAB_CLIENT}" not in line or '"status":200' not in line:
-            failures.append(f"{proxy.name}: the audit log's last line is not this request: {line!r}")
+        log(f"{proxy.name} (mTLS, {LAB_CLIENT}): {LAB_PROMPT!r} -> {answers[0]!r}; served by {served}")
+        if set(answers) != {expected}:
+            failures.append(f"{proxy.name}: the proxy answered {sorted(set(answers))!r}, the nodes {expected!r}")
+        if sum(served[n] for n in own) != PROXIED_REQUESTS or any(served[n] for n in served if n not in own):
+            failures.append(
+                f"{proxy.name}: {PROXIED_REQUESTS} requests were served by {served}, not by {sorted(own)} only"
+            )
+        audit = exec_text(client, proxy, ["tail", "-n", "1", AUDIT_LOG]).strip()
+        log(f"{proxy.name} audit: {audit}")
+        if f"CN={LAB_CLIENT}" not in audit or '"status":200' not in audit:
+            failures.append(f"{proxy.name}: the audit log's last line is not this request: {audit!r}")
+        failures += refusal_checks(client, proxy, address)
     return failures
 
 
+def refusal_checks(client: docker.DockerClient, proxy: LabHost, address: str) -> list[str]:
+    """What the proxy's docs promise: no client certificate and TLS 1.2 refused at the handshake, both audited."""
+    failures = []
+    for label, context in (
+        ("no client certificate", tls_context(client_cert=False)),
+        ("TLS 1.2", tls_context(max_version=ssl.TLSVersion.TLSv1_2)),
+    ):
+        outcome = refused(address, context)
+        if outcome:
+            failures.append(f"{proxy.name}: a client with {label} was not refused at the handshake ({outcome})")
+
+    def audited() -> bool:  # the lines go through rsyslog
+        return exec_text(client, proxy, ["tail", "-n", "2", AUDIT_LOG]).count('"event":"refused"') == 2
+
+    if not wait_for(audited):
+        lines = exec_text(client, proxy, ["tail", "-n", "2", AUDIT_LOG])
+        failures.append(f"{proxy.name}: the two refused handshakes are not the audit log's last lines: {lines!r}")
+    elif not failures:
+        log(f"{proxy.name}: refused without a client certificate and over TLS 1.2, both audited")
+    return failures
+
+
+PROXIED_REQUESTS = 4
+AUDIT_LOG = "/var/log/haproxy/audit.log"
+
+
 def site_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
-    """Inference on every node (whole and streamed), then through every proxy."""
+    """Inference on every node (whole and streamed), then through every proxy; an empty site fails."""
     nodes = [h for h in hosts if "gpu_nodes" in h.groups]
+    proxies = [h for h in hosts if "proxies" in h.groups]
+    failures = [
+        f"the lab has no hosts in group {g}"
+        for g, members in (("gpu_nodes", nodes), ("proxies", proxies))
+        if not members
+    ]
+    failures += [f"{h.name} belongs to no site (primary or standby)" for h in nodes + proxies if not site_of(h)]
+    failures += [f"site {s} has no inference node" for s in {site_of(p) for p in proxies} - {site_of(n) for n in nodes}]
+    if failures:
+        return failures
     failures = inference_checks(client, nodes)
-    if failures or not nodes:
+    if failures:
         return failures
     expected = generate(container_ip(client, nodes[0]), LAB_PROMPT, 24)
-    return proxy_checks(client, [h for h in hosts if "proxies" in h.groups], expected)
+    return proxy_checks(client, proxies, nodes, expected)
 
 
 def cmd_up(client: docker.DockerClient) -> int:
@@ -462,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         return cmd_up(client)
     if args.command == "converge":
+        grant_ssh(client, lab_hosts())
         return 0 if run_playbook().ok else 1
     if args.command == "status":
         status(client, lab_hosts())

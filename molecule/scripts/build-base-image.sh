@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Build the Debian 12 (bookworm) systemd base image used by molecule and the lab,
 # with debootstrap (no container registry is needed), and cache it: the build runs
-# only when the image is missing, or when FORCE=1.
+# when the image is missing, when it was built by another version of this script
+# (the image carries this script's digest as a label), or when FORCE=1.
+# The image is a fresh machine as far as roles can tell: no package lists, no apt
+# update stamp, and an SSH server whose host keys are made at each container's first
+# boot (the lab reaches its hosts over SSH, as production does).
 #
 #   IMAGE   image name        (default: deepseek-cluster/debian12-systemd:latest)
 #   MIRROR  Debian mirror URL (default: the first bookworm "main" source of this machine's apt)
@@ -9,14 +13,18 @@ set -euo pipefail
 
 IMAGE=${IMAGE:-deepseek-cluster/debian12-systemd:latest}
 SUITE=bookworm
-PACKAGES=python3,python3-apt,systemd,systemd-sysv,dbus,iproute2,sudo,ca-certificates,curl,gnupg,procps
+PACKAGES=python3,python3-apt,systemd,systemd-sysv,dbus,iproute2,sudo,ca-certificates,curl,gnupg,procps,openssh-server
+RECIPE=$(sha256sum "$0" | cut -c1-16)
+LABEL=deepseek.cluster.image-recipe
 
 log() { printf 'build-base-image: %s\n' "$*" >&2; }
 
-if [ "${FORCE:-0}" != 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+built=$(docker image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" "$IMAGE" 2>/dev/null || true)
+if [ "${FORCE:-0}" != 1 ] && [ "$built" = "$RECIPE" ]; then
   log "$IMAGE is present (FORCE=1 rebuilds it)"
   exit 0
 fi
+[ -z "$built" ] || log "$IMAGE was built by another version of this script: rebuilding it"
 
 apt_mirror() {
   # deb822 sources first, then one-line sources; the first bookworm suite with "main" wins.
@@ -66,6 +74,25 @@ for unit in systemd-remount-fs.service systemd-udevd.service systemd-udev-trigge
   ln -sf /dev/null "$ROOTFS/etc/systemd/system/$unit"
 done
 printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' >"$ROOTFS/etc/apt/apt.conf.d/90-no-recommends"
+
+# SSH: no host key in the image (every container would share it); each container makes its own
+# at first boot, before sshd starts (what cloud images do). Keys only, no passwords.
+rm -f "$ROOTFS"/etc/ssh/ssh_host_*
+cat >"$ROOTFS/etc/systemd/system/ssh-host-keys.service" <<'UNIT'
+[Unit]
+Description=Generate this host's SSH host keys (first boot)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+UNIT
+mkdir -p "$ROOTFS/etc/systemd/system/ssh.service.d"
+printf '[Unit]\nRequires=ssh-host-keys.service\nAfter=ssh-host-keys.service\n' \
+  >"$ROOTFS/etc/systemd/system/ssh.service.d/host-keys.conf"
+printf 'PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n' \
+  >"$ROOTFS/etc/ssh/sshd_config.d/deepseek-lab.conf"
 # A fresh machine's package index: no lists and no update stamp (roles must refresh it themselves;
 # molecule's prepare and the lab check that the hosts start this way).
 chroot "$ROOTFS" apt-get clean
@@ -76,5 +103,6 @@ log "importing the root filesystem as $IMAGE"
 tar -C "$ROOTFS" -c . | docker import \
   --change 'CMD ["/sbin/init"]' \
   --change 'ENV container=docker' \
+  --change "LABEL $LABEL=$RECIPE" \
   - "$IMAGE" >/dev/null
 log "built $IMAGE ($(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%d MB", $1/1e6}'))"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Make a Docker engine available on this machine, starting from nothing:
+#   - installs Debian's openssh-client when ssh or ssh-keygen is missing (the lab and molecule reach
+#     their containers over SSH),
 #   - installs Debian's docker.io when dockerd is missing,
 #   - starts dockerd in the background when no daemon answers (no systemd needed),
 #   - waits until the socket answers.
@@ -7,6 +9,14 @@
 set -euo pipefail
 
 log() { printf 'ensure-docker: %s\n' "$*" >&2; }
+
+if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
+  [ "$(id -u)" -eq 0 ] || { log "ssh or ssh-keygen is missing and this is not root: install openssh-client first"; exit 1; }
+  log "installing openssh-client from the distribution's archive"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq openssh-client >/dev/null
+fi
 
 if docker info >/dev/null 2>&1; then
   exit 0
