@@ -14,13 +14,15 @@ export PY_COLORS := 1
 export ANSIBLE_FORCE_COLOR := 1
 
 .PHONY: help venv engine image lint unit sanity collection molecule molecule-extended \
-        lab lab-down lab-test test test-extended bench clean
+        lab lab-down lab-test test test-extended bench clean distclean
 
 help:
 	@echo "make lab            build the lab (7 systemd containers) and run site.yml on it"
 	@echo "make lab-down       remove the lab containers and network"
 	@echo "make test           lint, unit, collection build+install, molecule (main scenarios), lab integration"
 	@echo "make test-extended  make test plus the extended molecule scenarios"
+	@echo "make distclean      remove the lab, test containers, base image, virtualenvs and caches: then make test or"
+	@echo "                    make lab starts as on a fresh machine (make distclean test)"
 	@echo "make bench          benchmarks (planning 1,000 hosts, site.yml on the lab, Triton direct, the mTLS proxy's cost; leaves the lab up)"
 
 $(VENV)/.installed: requirements.txt
@@ -79,3 +81,7 @@ bench: venv image
 
 clean: lab-down
 	rm -rf $(VENV) .venv-sanity .ruff_cache .pytest_cache
+
+# Everything this project installed or cached, so that the next target starts from nothing.
+distclean:
+	molecule/scripts/distclean.sh
