@@ -23,7 +23,8 @@ help:
 	@echo "make test-extended  make test plus the extended molecule scenarios"
 	@echo "make distclean      remove the lab, test containers, base image, virtualenvs and caches: then make test or"
 	@echo "                    make lab starts as on a fresh machine (make distclean test)"
-	@echo "make bench          benchmarks (planning 1,000 hosts, site.yml on the lab, Triton direct, the mTLS proxy's cost; leaves the lab up)"
+	@echo "make bench          benchmarks (planning 1,000 hosts, molecule and site.yml over SSH vs docker exec, Triton direct,"
+	@echo "                    the mTLS proxy's cost; leaves the lab up)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv --clear $(VENV)
@@ -75,6 +76,7 @@ test-extended: lint unit sanity collection molecule-extended lab-test
 
 bench: venv image
 	$(VENV)/bin/python benchmarks/plan_1000_hosts.py
+	$(VENV)/bin/python benchmarks/molecule_connection.py
 	$(VENV)/bin/python benchmarks/lab_playbook_time.py --keep
 	$(VENV)/bin/python benchmarks/triton_lab_model.py
 	$(VENV)/bin/python benchmarks/mtls_proxy_overhead.py
