@@ -12,39 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ansible.errors import AnsibleFilterError
 from ansible_collections.deepseek.cluster.plugins.module_utils import host_firewall as fw
+from ansible_collections.deepseek.cluster.plugins.plugin_utils.filter_errors import as_filter_error
 
 
-def host_firewall_rules(rules: Any, variable: str = "host_firewall_rules") -> list[dict[str, Any]]:
-    """Rules as ``{name, proto, ports, ipv4, ipv6}``; AnsibleFilterError on the first bad field."""
-    try:
-        return fw.normalise_rules(rules, variable)
-    except fw.RuleError as exc:
-        raise AnsibleFilterError(str(exc)) from exc
-
-
-def host_firewall_admits(address: str, sources: list[Any]) -> bool:
-    """True when ``address`` falls inside one of ``sources`` (or ``sources`` is empty)."""
-    try:
-        return fw.admits(str(address), list(sources))
-    except ValueError as exc:
-        raise AnsibleFilterError(str(exc)) from exc
-
-
-def host_firewall_deployment_rules(
-    host: str,
-    groups: dict[str, list[str]],
-    addresses: dict[str, list[str]],
-    sites: dict[str, str],
-    ports: dict[str, Any],
-    client_sources: list[str],
-) -> list[dict[str, Any]]:
-    """Allow rules for ``host`` from the inventory's groups, sites and addresses (module_utils docstring)."""
-    try:
-        return fw.deployment_rules(host, groups, addresses, sites, ports, client_sources)
-    except fw.RuleError as exc:
-        raise AnsibleFilterError(str(exc)) from exc
+def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+    """RuleError (and a bad address, a ValueError too) as AnsibleFilterError."""
+    return as_filter_error(func, (ValueError,))
 
 
 class FilterModule:
@@ -53,7 +27,7 @@ class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         """Filter name -> function."""
         return {
-            "host_firewall_rules": host_firewall_rules,
-            "host_firewall_admits": host_firewall_admits,
-            "host_firewall_deployment_rules": host_firewall_deployment_rules,
+            "host_firewall_rules": _wrap(fw.normalise_rules),
+            "host_firewall_admits": _wrap(lambda address, sources: fw.admits(str(address), list(sources))),
+            "host_firewall_deployment_rules": _wrap(fw.deployment_rules),
         }

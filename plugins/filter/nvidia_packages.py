@@ -14,21 +14,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ansible.errors import AnsibleFilterError
 from ansible_collections.deepseek.cluster.plugins.module_utils import nvidia_packages as sel
+from ansible_collections.deepseek.cluster.plugins.plugin_utils.filter_errors import as_filter_error
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a SelectionError into an AnsibleFilterError with the same message."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except sel.SelectionError as exc:
-            raise AnsibleFilterError(str(exc)) from exc
-
-    call.__doc__ = func.__doc__
-    return call
+    """A SelectionError as AnsibleFilterError with the same message."""
+    return as_filter_error(func, (sel.SelectionError,))
 
 
 class FilterModule:

@@ -2,7 +2,7 @@
 # Apache License 2.0 (see LICENSE)
 """Allow rules of the host firewall: validated, normalised for the nftables template.
 
-A rule is ``{name, ports, proto, sources}``: the TCP or UDP ports it opens and the addresses or
+A rule is ``{name, ports, proto, sources}``: the TCP or UDP ports (or ``low-high`` ranges) it opens and the addresses or
 networks (IPv4 or IPv6, CIDR allowed) that may reach them. Everything else that arrives is dropped
 by the table's policy. Errors name the rule and the field, so the role can stop before anything
 changes.
@@ -32,11 +32,27 @@ def parse_source(value: Any, where: str) -> Network:
         raise RuleError(f"{where}: {value!r} is not an IPv4/IPv6 address or network") from exc
 
 
-def parse_port(value: Any, where: str) -> int:
-    """A port number, 1-65535 (a string of digits is accepted, as inventories often give one)."""
-    if isinstance(value, bool) or not re.fullmatch(r"\d{1,5}", str(value)) or not 1 <= int(value) <= 65535:
-        raise RuleError(f"{where}: {value!r} is not a port number (1-65535)")
-    return int(value)
+def parse_port(value: Any, where: str) -> str:
+    """A port number or a range ``low-high``, 1-65535 (digits in a string are accepted, as inventories give them)."""
+    match = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", str(value))
+    if isinstance(value, bool) or not match:
+        raise RuleError(f"{where}: {value!r} is not a port number or range (1-65535, low-high)")
+    low, high = int(match[1]), int(match[2] or match[1])
+    if not 1 <= low <= high <= 65535:
+        raise RuleError(f"{where}: {value!r} is not a port number or range (1-65535, low-high)")
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _merged_ports(ports: list[str]) -> list[str]:
+    """Ports and ranges sorted, overlapping or adjacent ones merged (nft refuses overlaps in one set)."""
+    spans: list[list[int]] = []
+    for low, _, high in sorted((p.partition("-") for p in ports), key=lambda t: (int(t[0]), int(t[2] or t[0]))):
+        start, end = int(low), int(high or low)
+        if spans and start <= spans[-1][1] + 1:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    return [str(a) if a == b else f"{a}-{b}" for a, b in spans]
 
 
 def _collapsed(networks: set[Network], version: int) -> list[str]:
@@ -67,7 +83,7 @@ def normalise_rule(rule: Any, where: str) -> dict[str, Any]:
     return {
         "name": name,
         "proto": proto,
-        "ports": sorted({parse_port(p, f"{where}.ports[{i}]") for i, p in enumerate(ports)}),
+        "ports": _merged_ports([parse_port(p, f"{where}.ports[{i}]") for i, p in enumerate(ports)]),
         "ipv4": _collapsed(networks, 4),
         "ipv6": _collapsed(networks, 6),
     }
@@ -99,7 +115,6 @@ PORT_KEYS = (
     "triton_http",
     "triton_grpc",
     "triton_metrics",
-    "triton_mpi_ssh",
     "mtls_proxy",
     "mtls_proxy_admin",
     "node_exporter",
@@ -117,7 +132,9 @@ def deployment_rules(
     """The allow rules of one host of the deployment, from the inventory.
 
     GPU nodes admit Triton's HTTP and gRPC ports from their own site's proxies only, Triton's metrics
-    from the monitoring hosts, the multi-node SSH port from their own site's other GPU nodes. Proxies
+    from the monitoring hosts, every TCP port from their own site's other GPU nodes (a multi-node instance:
+    mpirun's SSH, then Open MPI's out-of-band and NCCL's bootstrap and socket connections, which use
+    ephemeral ports). Proxies
     admit their mTLS port from ``client_sources`` and their admin port from the monitoring hosts. Every
     host admits node_exporter from the monitoring hosts. ``addresses`` maps each host to the addresses it
     connects from; a GPU node or proxy without a site fails (it would admit nobody or the wrong site).
@@ -150,7 +167,7 @@ def deployment_rules(
                 "sources": sources(proxies),
             },
             {"name": "triton-metrics", "ports": [ports["triton_metrics"]], "sources": monitors},
-            {"name": "triton-multinode-ssh", "ports": [ports["triton_mpi_ssh"]], "sources": sources(peers)},
+            {"name": "gpu-site-peers", "ports": ["1-65535"], "sources": sources(peers)},
         ]
     if host in groups.get("proxies", []):
         rules += [

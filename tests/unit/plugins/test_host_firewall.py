@@ -23,7 +23,7 @@ def test_rule_is_normalised_and_split_by_family():
         {
             "name": "triton-inference",
             "proto": "tcp",
-            "ports": [8000, 8001],
+            "ports": ["8000-8001"],
             "ipv4": ["10.0.1.0/24", "10.0.2.0/31"],
             "ipv6": ["fd00::5/128"],
         }
@@ -41,6 +41,7 @@ def test_rule_without_sources_stays_and_admits_nobody():
         ({"name": "x"}, r"host_firewall_rules must be a list"),
         ([{"name": "x", "ports": [80], "sources": ["10.0.0.300"]}], r"host_firewall_rules\[0\]\.sources\[0\]"),
         ([{"name": "x", "ports": [0], "sources": []}], r"\.ports\[0\]: 0 is not a port"),
+        ([{"name": "x", "ports": ["9-8"], "sources": []}], r"\.ports\[0\]: '9-8' is not a port"),
         ([{"name": "x", "ports": [True], "sources": []}], r"\.ports\[0\]"),
         ([{"name": "x", "ports": [], "sources": []}], r"\.ports: give a non-empty list"),
         ([{"name": "x", "ports": [80], "proto": "sctp", "sources": []}], r"\.proto: 'sctp' is not one of"),
@@ -85,7 +86,6 @@ PORTS = {
     "triton_http": 8000,
     "triton_grpc": 8001,
     "triton_metrics": 8002,
-    "triton_mpi_ssh": 2233,
     "mtls_proxy": 8443,
     "mtls_proxy_admin": 8404,
     "node_exporter": 9100,
@@ -102,11 +102,11 @@ def test_gpu_node_admits_its_own_sites_proxy_monitoring_and_peers():
     assert rules_of("p-gpu1") == {
         "triton-inference": ([8000, 8001], ["10.1.0.2", "fd01::2"]),
         "triton-metrics": ([8002], ["10.9.0.5"]),
-        "triton-multinode-ssh": ([2233], ["10.1.0.12"]),
+        "gpu-site-peers": (["1-65535"], ["10.1.0.12"]),
         "node-exporter": ([9100], ["10.9.0.5"]),
     }
     assert rules_of("s-gpu1")["triton-inference"] == ([8000, 8001], ["10.2.0.2"])
-    assert rules_of("s-gpu1")["triton-multinode-ssh"] == ([2233], [])
+    assert rules_of("s-gpu1")["gpu-site-peers"] == (["1-65535"], [])
 
 
 def test_proxy_admits_clients_and_monitoring_and_monitor_only_node_exporter():
@@ -128,3 +128,19 @@ def test_siteless_node_and_unknown_address_are_refused():
         rules_of("p-gpu1", sites={**SITES, "p-gpu1": ""})
     with pytest.raises(RuleError, match=r"no address known for \['mon'\]"):
         rules_of("p-gpu1", addresses={**ADDRESSES, "mon": []})
+
+
+def test_port_ranges_are_ordered_and_overlaps_merged():
+    (rule,) = normalise_rules([{"name": "x", "ports": [9100, "1024-2048", "22", "2049", 23, 8000], "sources": []}])
+    assert rule["ports"] == ["22-23", "1024-2049", "8000", "9100"]
+
+
+def test_the_filters_turn_rule_errors_into_ansible_errors():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.deepseek.cluster.plugins.filter.host_firewall import FilterModule
+
+    filters = FilterModule().filters()
+    with pytest.raises(AnsibleFilterError, match="host_firewall_extra_rules must be a list"):
+        filters["host_firewall_rules"]({}, "host_firewall_extra_rules")
+    with pytest.raises(AnsibleFilterError, match="not an IPv4/IPv6 address"):
+        filters["host_firewall_admits"]("10.0.0.1", ["nonsense"])
