@@ -20,6 +20,7 @@ Errors are ``LaunchError``.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 ENGINES = ("docker", "podman")
@@ -74,16 +75,50 @@ def role_of(instance: dict[str, Any], host: str) -> str:
     return "launcher" if host == instance["hosts"][0] else "worker"
 
 
-def worker_command(ssh_port: int) -> list[str]:
-    """The SSH daemon a multi-node worker runs in the foreground, for the launcher's mpirun."""
+def worker_command(ssh_port: int, listen_address: str = "") -> list[str]:
+    """The SSH daemon a multi-node worker runs in the foreground, for the launcher's mpirun.
+
+    With ``listen_address`` (the fabric address) it listens there only, not on every address of the host.
+    """
     if isinstance(ssh_port, bool) or not isinstance(ssh_port, int) or not 0 < ssh_port < 65536:
         raise LaunchError(f"triton_server_mpi_ssh_port must be a port number, got {ssh_port!r}")
+    listen = ""
+    if listen_address:
+        try:
+            address = ipaddress.ip_address(listen_address)
+        except ValueError as exc:
+            raise LaunchError(f"triton_server_mpi_ssh_address must be an IP address, got {listen_address!r}") from exc
+        listen = f" -o ListenAddress={'[' + str(address) + ']' if address.version == 6 else address}"
     keys = SSH_IN_CONTAINER
     return [
         "/bin/sh",
         "-c",
-        f"mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -p {ssh_port} -h {keys}/host_ed25519_key "
+        f"mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -p {ssh_port}{listen} -h {keys}/host_ed25519_key "
         f"-o AuthorizedKeysFile={keys}/authorized_keys -o PasswordAuthentication=no",
+    ]
+
+
+# What the container keeps of root's powers (everything else is dropped): MPI ranks on one node read each
+# other's memory (Open MPI's shared-memory transport uses cross-memory attach, which needs ptrace
+# rights), and a worker's SSH daemon separates privileges (chroot, then the sshd user) and, when built
+# with Linux audit support, fails every login that cannot write its audit record (docker keeps
+# AUDIT_WRITE in its default set for that reason).
+CAPABILITIES = {
+    "single": ("SYS_PTRACE",),
+    "launcher": ("SYS_PTRACE",),
+    "worker": ("SYS_PTRACE", "SYS_CHROOT", "SETUID", "SETGID", "AUDIT_WRITE"),
+}
+
+
+def hardening(role: str, pids_limit: int) -> list[str]:
+    """Container flags: every capability dropped but the role's, no privilege gain, a process limit."""
+    if isinstance(pids_limit, bool) or not isinstance(pids_limit, int) or pids_limit < 64:
+        raise LaunchError(f"triton_server_container_pids_limit must be an integer of at least 64, got {pids_limit!r}")
+    return [
+        "--cap-drop=ALL",
+        *(f"--cap-add={cap}" for cap in CAPABILITIES[role]),
+        "--security-opt=no-new-privileges",
+        f"--pids-limit={pids_limit}",
     ]
 
 
@@ -99,6 +134,8 @@ def container_command(
     mounts: tuple[str, ...] = (),
     ssh_dir: str = "",
     ssh_port: int = 0,
+    ssh_address: str = "",
+    pids_limit: int = 4096,
 ) -> list[str]:
     """``docker run`` / ``podman run`` argv for this host's share of ``instance``.
 
@@ -128,7 +165,7 @@ def container_command(
     volumes = [f"{model_repository}:{MODELS_IN_CONTAINER}:ro", *(f"{m}:{m}:ro" for m in mounts)]
     if role != "single":
         volumes.append(f"{ssh_dir}:{SSH_IN_CONTAINER}:ro")
-    command = worker_command(ssh_port) if role == "worker" else server_command(instance, host, server_args)
+    command = worker_command(ssh_port, ssh_address) if role == "worker" else server_command(instance, host, server_args)
     return [
         engine,
         "run",
@@ -136,6 +173,7 @@ def container_command(
         "--name",
         name,
         *devices,
+        *hardening(role, pids_limit),
         "--ipc=host",
         "--network=host",
         "--ulimit",
@@ -172,7 +210,8 @@ def launch_argv(launch: dict[str, Any]) -> list[str]:
     """``container_command`` for one host, described by the mapping ``launch``.
 
     Keys: engine, engine_bin (the program to run, default the engine's name), name, image, plan, host,
-    instance (-1: the only one), server_args, model_repository, mounts, ssh_dir, ssh_port.
+    instance (-1: the only one), server_args, model_repository, mounts, ssh_dir, ssh_port, ssh_address,
+    pids_limit.
     """
     instance = plan_instance(launch["plan"], launch["host"], int(launch.get("instance", -1)))
     argv = container_command(
@@ -186,5 +225,7 @@ def launch_argv(launch: dict[str, Any]) -> list[str]:
         mounts=tuple(launch.get("mounts", ())),
         ssh_dir=launch.get("ssh_dir", ""),
         ssh_port=int(launch.get("ssh_port", 0)),
+        ssh_address=str(launch.get("ssh_address", "")),
+        pids_limit=int(launch.get("pids_limit", 4096)),
     )
     return [launch.get("engine_bin") or argv[0], *argv[1:]]

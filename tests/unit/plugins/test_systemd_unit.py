@@ -33,3 +33,9 @@ def test_specifiers_and_variables_are_escaped_not_expanded():
 def test_empty_command_is_refused():
     with pytest.raises(ValueError, match="empty command"):
         exec_line([])
+
+
+def test_only_named_variables_stay_expansions():
+    line = exec_line(["triton", "--key=${ADMIN_KEY}", "${HOME}"], expand=("ADMIN_KEY",))
+    assert "--key=${ADMIN_KEY}" in line
+    assert '"$${HOME}"' in line

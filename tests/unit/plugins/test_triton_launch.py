@@ -138,3 +138,32 @@ def test_the_plan_instance_of_a_host_is_found_or_the_choice_is_asked_for():
 def test_worker_ssh_port_must_be_a_port():
     with pytest.raises(LaunchError, match="must be a port number"):
         worker_command(70000)
+
+
+def test_containers_drop_every_capability_but_what_their_role_needs():
+    inst = one_instance({"a": H100, "b": H100}, {"tensor_parallel_size": 16})
+    extra = {"ssh_dir": "/etc/triton/mpi-ssh", "ssh_port": 2233, "ssh_address": "10.1.0.12", "pids_limit": 2048}
+    launcher = container_command("docker", "t", IMAGE, inst, "a", ARGS, "/m", **extra)
+    worker = container_command("docker", "t", IMAGE, inst, "b", ARGS, "/m", **extra)
+    for argv, caps in (
+        (launcher, ["SYS_PTRACE"]),
+        (worker, ["SYS_PTRACE", "SYS_CHROOT", "SETUID", "SETGID", "AUDIT_WRITE"]),
+    ):
+        before_image = argv[: argv.index(IMAGE)]
+        assert "--cap-drop=ALL" in before_image
+        assert [a.split("=", 1)[1] for a in before_image if a.startswith("--cap-add=")] == caps
+        assert "--security-opt=no-new-privileges" in before_image
+        assert "--pids-limit=2048" in before_image
+        assert "--privileged" not in argv
+    assert "-o ListenAddress=10.1.0.12 " in worker[-1]
+
+
+def test_worker_ssh_address_must_be_an_address():
+    assert "ListenAddress=[fd00::5]" in worker_command(2233, "fd00::5")[-1]
+    assert "ListenAddress" not in worker_command(2233)[-1]
+    with pytest.raises(LaunchError, match="triton_server_mpi_ssh_address must be an IP address"):
+        worker_command(2233, "gpu-b; rm -rf /")
+    with pytest.raises(LaunchError, match="pids_limit must be an integer of at least 64"):
+        container_command(
+            "docker", "t", IMAGE, one_instance({"a": H100}, {"tensor_parallel_size": 8}), "a", ARGS, "/m", pids_limit=8
+        )

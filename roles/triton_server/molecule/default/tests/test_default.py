@@ -3,6 +3,7 @@
 import re
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -127,3 +128,51 @@ def test_the_served_version_is_the_published_artifact_and_nothing_is_left_staged
     # Version 1 was pruned; broken version 3 stayed in staging (kept to resume), never published.
     assert host.check_output(f"ls -A /var/lib/triton/artifacts/{MODEL}").split() == [".staging-3", "2"]
     assert host.check_output(f"ls /var/lib/triton/models/{MODEL}").split() == ["2", "config.pbtxt"]
+
+
+def repository_index(address, headers=None):
+    """POST /v2/repository/index (model-repository API): the HTTP status."""
+    request = urllib.request.Request(
+        f"http://{address}:8000/v2/repository/index", data=b"{}", headers=headers or {}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (the node under test)
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_management_apis_need_the_admin_key_and_it_stays_out_of_the_unit(host, address):
+    env = host.file("/etc/deepseek/triton-admin.env")
+    assert (env.user, env.mode) == ("root", 0o600)
+    key = env.content_string.strip().split("=", 1)[1]
+    assert len(key) >= 32
+    assert key not in host.file("/etc/systemd/system/tritonserver.service").content_string
+    assert repository_index(address) == 403
+    assert repository_index(address, {"deepseek-admin-key": "wrong"}) == 403
+    assert repository_index(address, {"deepseek-admin-key": key}) == 200
+
+
+def test_grpc_management_needs_the_key_too(address):
+    client = grpcclient.InferenceServerClient(f"{address}:8001")
+    with pytest.raises(InferenceServerException, match="restricted"):
+        client.get_model_repository_index()
+    assert client.is_model_ready(MODEL)
+
+
+def test_triton_listens_on_the_backend_address_only(host, address):
+    for port in (8000, 8001, 8002):
+        assert host.socket(f"tcp://{address}:{port}").is_listening
+        assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+
+
+def test_systemd_admits_only_the_allowed_sources(host, address):
+    # A source the unit does not name (an address added on the node for the purpose) is refused by
+    # systemd's cgroup firewall; the node's own backend address is admitted.
+    props = host.check_output("systemctl show -p IPAddressDeny -p IPAddressAllow tritonserver")
+    assert "IPAddressDeny=0.0.0.0/0 ::/0" in props
+    url = f"http://{address}:8000/v2/health/live"
+    assert host.run(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {url}").stdout == "200"
+    host.run_expect([0, 2], "ip address add 192.0.2.77/32 dev lo")
+    outsider = host.run(f"curl -s -o /dev/null --max-time 5 --interface 192.0.2.77 {url}")
+    assert outsider.rc != 0
