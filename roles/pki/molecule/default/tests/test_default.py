@@ -115,3 +115,17 @@ def test_a_real_handshake_admits_the_probe_and_refuses_the_revoked_operator(host
     refused = handshake(host, "/root/revoked/operator.crt", "/root/revoked/operator.key")
     assert "HTTP/1.0 200 ok" not in refused.stdout
     assert "revoked" in refused.stdout + host.file("/root/s_server.log").content_string
+
+
+def test_expiry_dates_reach_node_exporters_textfile_collector(host):
+    prom = host.file("/var/lib/node_exporter/textfile_collector/deepseek_pki.prom")
+    assert (prom.user, prom.mode) == ("root", 0o644)
+    samples = dict(
+        line.rsplit(" ", 1) for line in prom.content_string.splitlines() if line and not line.startswith("#")
+    )
+    crl = samples[f'deepseek_pki_crl_next_update_timestamp_seconds{{path="{PKI}/ca.crl"}}']
+    next_update = host.check_output(f"openssl crl -in {PKI}/ca.crl -noout -nextupdate").split("=", 1)[1]
+    assert int(crl) == int(host.check_output(f"date -u -d '{next_update}' +%s"))
+    cert = samples[f'deepseek_pki_certificate_not_after_timestamp_seconds{{path="{PKI}/molecule-pki-default.crt"}}']
+    not_after = host.check_output(f"openssl x509 -in {PKI}/molecule-pki-default.crt -noout -enddate").split("=", 1)[1]
+    assert int(cert) == int(host.check_output(f"date -u -d '{not_after}' +%s"))
