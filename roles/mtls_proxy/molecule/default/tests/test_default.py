@@ -118,6 +118,22 @@ def test_management_api_only_for_the_named_clients(address):
         grpc.get_model_repository_index()
     assert "PERMISSION_DENIED" in str(refused.value.status())
     assert grpc.is_model_ready(MODEL)
+    # Triton itself wants the key (restricted APIs): the proxy adds it for app3 over gRPC too.
+    admin_cert, admin_key = client("app3")
+    assert grpc_client(address, admin_cert, admin_key).get_model_repository_index() is not None
+
+
+def test_the_admin_key_stays_out_of_the_configuration(host):
+    env = host.file("/etc/haproxy/deepseek-admin.env")
+    assert (env.user, env.mode) == ("root", 0o600)
+    values = dict(line.split("=", 1) for line in env.content_string.splitlines())
+    key, password = values["DEEPSEEK_TRITON_ADMIN_KEY"].strip('"'), values["DEEPSEEK_PROXY_ADMIN_PASSWORD"].strip('"')
+    assert len(key) >= 16
+    assert password == "molecule-metrics-password"  # noqa: S105 (the scenario's test value)
+    config = host.file("/etc/haproxy/haproxy.cfg").content_string
+    assert key not in config
+    assert password not in config
+    assert "${DEEPSEEK_TRITON_ADMIN_KEY}" in config
 
 
 def audit_lines(host):
@@ -171,7 +187,8 @@ def test_reloads_under_load_lose_no_request(host, address):
 
 
 def test_prometheus_metrics_on_the_admin_address_only(host):
-    metrics = host.check_output("curl -s http://127.0.0.1:8404/metrics")
+    assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8404/metrics") == "401"
+    metrics = host.check_output("curl -s -u metrics:molecule-metrics-password http://127.0.0.1:8404/metrics")
     assert 'haproxy_server_status{proxy="triton_http",server="triton-local",state="UP"} 1' in metrics
     assert host.socket("tcp://127.0.0.1:8404").is_listening
     assert not host.socket("tcp://0.0.0.0:8404").is_listening
@@ -185,3 +202,121 @@ def test_certificate_rotation_under_load_loses_no_request():
     assert seen["keepalive_requests"] > 20
     # Both the old and the new server certificate were presented during the run.
     assert len(seen["serials"]) == 2, seen["serials"]
+
+
+def raw(address, cert, key, head):
+    """Send a request head as given on a new TLS connection; the status line."""
+    context = ssl.create_default_context(cafile=CA)
+    context.check_hostname = False
+    context.load_cert_chain(cert, key)
+    with socket.create_connection((address, 8443), timeout=10) as conn, context.wrap_socket(conn) as tls:
+        tls.sendall(head.encode())
+        return tls.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
+
+
+def test_bodies_over_the_limit_or_without_a_length_are_refused(address):
+    path = f"/v2/models/{MODEL}/generate"
+    big = f"POST {path} HTTP/1.1\r\nHost: triton\r\nContent-Length: 9000000\r\nConnection: close\r\n\r\n"
+    assert raw(address, *client("app2"), big) == "HTTP/1.1 413 Payload Too Large"
+    chunked = f"POST {path} HTTP/1.1\r\nHost: triton\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    assert raw(address, *client("app2"), chunked) == "HTTP/1.1 411 Length Required"
+
+
+def test_one_certificate_cannot_take_every_slot(address):
+    # app4 may have 4 requests in flight (mtls_proxy_client_max_concurrent); it sends 16 long ones at once.
+    # The rest get 429 at once, and app2 is served meanwhile.
+    cert, key = client("app4")
+    statuses, lock = [], threading.Lock()
+
+    def long_request():
+        http = httpclient.InferenceServerClient(
+            f"{address}:8443",
+            ssl=True,
+            ssl_options={"keyfile": key, "certfile": cert, "ca_certs": CA},
+            network_timeout=120,
+        )
+        try:
+            http.infer(MODEL, inputs(httpclient, "hold a slot", 1024))
+            outcome = 200
+        except InferenceServerException as exc:
+            outcome = int(exc.status() or 0)
+        with lock:
+            statuses.append(outcome)
+
+    threads = [threading.Thread(target=long_request) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    served_meanwhile = get(address, *client("app2"), path=f"/v2/models/{MODEL}/ready")
+    for thread in threads:
+        thread.join()
+    assert served_meanwhile == "HTTP/1.1 200 OK"
+    assert statuses.count(429) >= 1, statuses
+    assert 1 <= statuses.count(200) <= 16 - statuses.count(429), statuses
+
+
+def test_audit_has_exactly_one_line_per_request_at_concurrency_32(host, address):
+    cert, key = client("app1")
+    count = lambda: sum(1 for line in audit_lines(host) if "CN=app1" in line.get("client_dn", ""))  # noqa: E731
+    before, total = count(), 320
+    barrier, statuses, lock = threading.Barrier(32), [], threading.Lock()
+
+    def worker():
+        barrier.wait()
+        for _ in range(total // 32):
+            status = get(address, cert, key, path=f"/v2/models/{MODEL}/ready")
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Every request got an HTTP answer (200, or 429 past app1's rate limit): each must have its line.
+    assert all(status.startswith("HTTP/1.1 ") for status in statuses), sorted(set(statuses))
+    deadline = time.monotonic() + 20
+    while count() < before + total and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    assert count() == before + total
+
+
+def test_a_local_process_cannot_write_audit_lines(host):
+    host.run_expect([0], """logger -t haproxy-audit '{"forged":"line"}'""")
+    time.sleep(2)
+    assert "forged" not in host.file(AUDIT).content_string
+    directory = host.file("/var/lib/haproxy/audit")
+    assert (directory.user, directory.group, directory.mode) == ("root", "haproxy", 0o750)
+
+
+def closed_by_proxy(conn, wait):
+    """Whether the proxy closes ``conn`` (EOF or reset) within ``wait`` seconds, sending nothing first."""
+    conn.settimeout(wait)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_half_open_handshake_is_cut(address):
+    # The client connects and never sends its ClientHello: the proxy closes it after timeout client (10 s),
+    # not after the 600 s it used to allow.
+    with socket.create_connection((address, 8443), timeout=5) as conn:
+        start = time.monotonic()
+        assert closed_by_proxy(conn, 60)
+        assert time.monotonic() - start < 30
+
+
+def test_one_source_cannot_hold_every_connection(address):
+    # mtls_proxy_source_maxconn is 48: of 60 idle connections from this machine, at least the 12 over the
+    # cap are closed at once (more if earlier tests' clients still hold connections), and not all of them.
+    conns = [socket.create_connection((address, 8443), timeout=5) for _ in range(60)]
+    try:
+        closed = sum(closed_by_proxy(conn, 0.5) for conn in conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert 12 <= closed < 60
