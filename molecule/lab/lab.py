@@ -14,10 +14,12 @@ The inventory inventories/lab/hosts.yml is the single source of truth: every hos
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -162,7 +164,7 @@ def create_hosts(client: docker.DockerClient, hosts: list[LabHost]) -> None:
                 hostname=host.name,
                 detach=True,
                 network=host.network,
-                cap_add=["SYS_ADMIN"],
+                cap_add=["SYS_ADMIN", "NET_ADMIN"],
                 tmpfs={"/run": "", "/run/lock": ""},
                 volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
                 environment={"container": "docker"},
@@ -327,24 +329,20 @@ def container_ip(client: docker.DockerClient, host: LabHost) -> str:
     return container.attrs["NetworkSettings"]["Networks"][host.network]["IPAddress"]
 
 
-def fetch(url: str, timeout: float = 5.0) -> str:
-    """GET a URL from this machine and return the body."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (lab addresses only)
-        return response.read().decode()
-
-
 def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
-    """Print each lab host, its groups, its address and the endpoints that answer."""
+    """Print each lab host, its groups, its address and whether node_exporter answers the monitoring host.
+
+    The host firewall admits node_exporter from the monitoring hosts only, so that is where it is read from.
+    """
+    monitor = next((h for h in hosts if "monitoring" in h.groups), hosts[0])
     print()
-    print(f"{'host':<20} {'address':<15} {'groups':<42} node_exporter")
+    print(f"{'host':<20} {'address':<15} {'groups':<42} node_exporter (from {monitor.name})")
     for host in hosts:
         ip = container_ip(client, host)
         url = f"http://{ip}:9100/metrics"
-        try:
-            series = sum(1 for line in fetch(url).splitlines() if line.startswith("node_"))
-            state = f"{url}  ({series} node_* samples)"
-        except OSError as err:
-            state = f"{url}  NOT ANSWERING ({err})"
+        body = exec_text(client, monitor, ["curl", "-sf", "--max-time", "5", url])
+        series = sum(1 for line in body.splitlines() if line.startswith("node_"))
+        state = f"{url}  ({series} node_* samples)" if series else f"{url}  NOT ANSWERING"
         groups = ",".join(host.groups)
         print(f"{host.name:<20} {ip:<15} {groups:<42} {state}")
     print()
@@ -371,20 +369,23 @@ def end_to_end_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list
     return failures
 
 
-def generate(address: str, prompt: str, max_tokens: int) -> str:
-    """One inference through Triton's HTTP generate endpoint (the production model's interface)."""
-    body = json.dumps({"text_input": prompt, "sampling_param_max_tokens": max_tokens}).encode()
-    request = urllib.request.Request(
-        f"http://{address}:8000/v2/models/{LAB_MODEL}/generate",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (lab addresses only)
-        return json.loads(answer.read())["text_output"]
+def generate_from(client: docker.DockerClient, via: LabHost, address: str, prompt: str, max_tokens: int) -> str:
+    """One inference on Triton's HTTP generate endpoint at ``address``, sent from lab host ``via``.
+
+    Triton admits its own site's proxies only (host firewall), so ``via`` is one of them.
+    """
+    body = json.dumps({"text_input": prompt, "sampling_param_max_tokens": max_tokens})
+    url = f"http://{address}:8000/v2/models/{LAB_MODEL}/generate"
+    argv = ["curl", "-sf", "--max-time", "30", "-H", "Content-Type: application/json", "-d", body, url]
+    answer = exec_text(client, via, argv)
+    try:
+        return json.loads(answer)["text_output"]
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"no answer from {address}:8000 via {via.name}: {answer!r}") from exc
 
 
-def stream(address: str, prompt: str, max_tokens: int) -> list[str]:
-    """One streamed inference over a gRPC stream (decoupled): the text of every response, in order."""
+def stream_through_proxy(address: str, prompt: str, max_tokens: int) -> list[str]:
+    """One streamed inference over a gRPC stream through a proxy (mTLS, the lab client): each response's text."""
     import tritonclient.grpc as grpcclient
     from model_inputs import generate_inputs
 
@@ -397,8 +398,15 @@ def stream(address: str, prompt: str, max_tokens: int) -> list[str]:
         elif result is not None and result.as_numpy("text_output") is not None:
             pieces.append(result.as_numpy("text_output")[0].decode())
 
+    clients = PKI_STORE / "clients"
     inputs = generate_inputs(grpcclient, prompt, max_tokens, streaming=True)
-    client = grpcclient.InferenceServerClient(f"{address}:8001")
+    client = grpcclient.InferenceServerClient(
+        f"{address}:8443",
+        ssl=True,
+        root_certificates=str(PKI_STORE / "ca.crt"),
+        private_key=str(clients / f"{LAB_CLIENT}.key"),
+        certificate_chain=str(clients / f"{LAB_CLIENT}.crt"),
+    )
     client.start_stream(callback=collect)
     client.async_stream_infer(LAB_MODEL, inputs, enable_empty_final_response=True)
     client.stop_stream()  # waits for the stream's final response
@@ -408,25 +416,35 @@ def stream(address: str, prompt: str, max_tokens: int) -> list[str]:
     return pieces
 
 
-def inference_checks(client: docker.DockerClient, nodes: list[LabHost]) -> list[str]:
-    """A real inference on every inference node, whole and streamed token by token over gRPC.
+def inference_checks(client: docker.DockerClient, nodes: list[LabHost], proxies: list[LabHost]) -> list[str]:
+    """A real inference on every inference node (sent from its site's proxy, the one host Triton admits).
 
-    Every node must give the same answer (same seed), and the stream must be one response per token
-    that adds up to the whole answer.
+    Every node must give the same answer (same seed); a gRPC stream through each proxy must be one
+    response per token that adds up to that answer.
     """
     failures, answers = [], {}
     for node in nodes:
+        via = next(p for p in proxies if site_of(p) == site_of(node))
         try:
-            address = container_ip(client, node)
-            answers[node.name] = generate(address, LAB_PROMPT, 24)
-            log(f"{node.name}: {LAB_PROMPT!r} -> {answers[node.name]!r}")
-            pieces = stream(address, LAB_PROMPT, 24)
-            if len(pieces) != 24 or "".join(pieces) != answers[node.name]:
-                failures.append(f"{node.name}: the gRPC stream gave {pieces!r}, not the answer token by token")
-        except (OSError, KeyError, ValueError) as exc:
+            answers[node.name] = generate_from(client, via, container_ip(client, node), LAB_PROMPT, 24)
+            log(f"{node.name} (from {via.name}): {LAB_PROMPT!r} -> {answers[node.name]!r}")
+        except ValueError as exc:
             failures.append(f"{node.name}: inference on Triton failed: {exc}")
     if len(set(answers.values())) > 1:
         failures.append(f"inference nodes disagree on the same prompt: {answers}")
+    if failures:
+        return failures
+    expected = next(iter(answers.values()))
+    for proxy in proxies:
+        try:
+            pieces = stream_through_proxy(container_ip(client, proxy), LAB_PROMPT, 24)
+        except (OSError, ValueError) as exc:
+            failures.append(f"{proxy.name}: a gRPC stream through the proxy failed: {exc}")
+            continue
+        if len(pieces) != 24 or "".join(pieces) != expected:
+            failures.append(f"{proxy.name}: the gRPC stream gave {pieces!r}, not the answer token by token")
+        else:
+            log(f"{proxy.name}: gRPC stream through the proxy, {len(pieces)} responses, one per token")
     return failures
 
 
@@ -451,12 +469,14 @@ PKI_STORE = ROOT / ".cache" / "pki"
 LAB_CLIENT = "lab-client"
 
 
-def tls_context(client_cert: bool = True, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-    """A client context trusting the lab CA, with the lab client's certificate unless told otherwise."""
+def tls_context(
+    client_cert: bool = True, max_version: ssl.TLSVersion | None = None, name: str = LAB_CLIENT
+) -> ssl.SSLContext:
+    """A client context trusting the lab CA, with a client's certificate (the lab client's by default)."""
     context = ssl.create_default_context(cafile=str(PKI_STORE / "ca.crt"))
     if client_cert:
         clients = PKI_STORE / "clients"
-        context.load_cert_chain(str(clients / f"{LAB_CLIENT}.crt"), str(clients / f"{LAB_CLIENT}.key"))
+        context.load_cert_chain(str(clients / f"{name}.crt"), str(clients / f"{name}.key"))
     if max_version is not None:
         context.maximum_version = max_version
     return context
@@ -503,9 +523,16 @@ def proxy_backends(client: docker.DockerClient, proxy: LabHost) -> dict[str, set
     return backends_up(exec_text(client, proxy, ["curl", "-sf", "--max-time", "5", "http://127.0.0.1:8404/metrics"]))
 
 
-def served_requests(client: docker.DockerClient, node: LabHost) -> float:
-    """Successful inference requests Triton on the node has served for the lab model (its :8002 metrics)."""
-    return successful_requests(fetch(f"http://{container_ip(client, node)}:8002/metrics"))
+def served_requests(client: docker.DockerClient, node: LabHost, monitor: LabHost) -> float:
+    """Successful inference requests Triton on the node has served for the lab model.
+
+    Read from its :8002 metrics by the monitoring host, the one the host firewall admits there.
+    """
+    url = f"http://{container_ip(client, node)}:8002/metrics"
+    metrics = exec_text(client, monitor, ["curl", "-sf", "--max-time", "5", url])
+    if "nv_inference_request_success" not in metrics:
+        raise ValueError(f"{monitor.name} could not read {url}")
+    return successful_requests(metrics)
 
 
 def site_of(host: LabHost) -> str:
@@ -539,18 +566,20 @@ def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
 
 
 def served_since(
-    client: docker.DockerClient, nodes: list[LabHost], before: dict[str, float], expected: int
+    client: docker.DockerClient, nodes: list[LabHost], monitor: LabHost, before: dict[str, float], expected: int
 ) -> dict[str, float]:
     """Requests each node served since `before`, read until they add up to `expected` (10 s at most)."""
     deadline = time.monotonic() + 10
     while True:
-        served = {n.name: served_requests(client, n) - before[n.name] for n in nodes}
+        served = {n.name: served_requests(client, n, monitor) - before[n.name] for n in nodes}
         if sum(served.values()) >= expected or time.monotonic() > deadline:
             return served
         time.sleep(0.5)
 
 
-def proxy_checks(client: docker.DockerClient, proxies: list[LabHost], nodes: list[LabHost], expected: str) -> list[str]:
+def proxy_checks(
+    client: docker.DockerClient, proxies: list[LabHost], nodes: list[LabHost], monitor: LabHost, expected: str
+) -> list[str]:
     """Each proxy: backends = its own site's nodes, inferences land there only, refusals, the audit line."""
     failures = []
     for proxy in proxies:
@@ -562,9 +591,9 @@ def proxy_checks(client: docker.DockerClient, proxies: list[LabHost], nodes: lis
                 failures.append(f"{proxy.name}: backend {backend} has {up} UP, not {sorted(own)}")
         address = container_ip(client, proxy)
         try:
-            before = {n.name: served_requests(client, n) for n in nodes}
+            before = {n.name: served_requests(client, n, monitor) for n in nodes}
             answers = [through_proxy(address, LAB_PROMPT, 24) for _ in range(PROXIED_REQUESTS)]
-            served = served_since(client, nodes, before, PROXIED_REQUESTS)
+            served = served_since(client, nodes, monitor, before, PROXIED_REQUESTS)
         except (OSError, KeyError, ValueError) as exc:
             failures.append(f"{proxy.name}: inference through the proxy failed: {exc}")
             continue
@@ -610,7 +639,10 @@ AUDIT_LOG = "/var/log/haproxy/audit.log"
 
 
 def site_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
-    """Inference on every node (whole and streamed), then through every proxy; an empty site fails."""
+    """The firewall, inference on every node and streamed through every proxy, then the proxies' own checks.
+
+    An empty group, a host outside both sites, a site without nodes or without a proxy fails.
+    """
     nodes = [h for h in hosts if "gpu_nodes" in h.groups]
     proxies = [h for h in hosts if "proxies" in h.groups]
     failures = [
@@ -620,13 +652,209 @@ def site_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
     ]
     failures += [f"{h.name} belongs to no site (primary or standby)" for h in nodes + proxies if not site_of(h)]
     failures += [f"site {s} has no inference node" for s in {site_of(p) for p in proxies} - {site_of(n) for n in nodes}]
+    failures += [f"site {s} has no proxy" for s in {site_of(n) for n in nodes} - {site_of(p) for p in proxies}]
     if failures:
         return failures
-    failures = inference_checks(client, nodes)
+    monitor = next((h for h in hosts if "monitoring" in h.groups), None)
+    if monitor is None:
+        return ["the lab has no host in group monitoring"]
+    failures = firewall_checks(client, nodes, proxies, monitor)
+    failures += inference_checks(client, nodes, proxies)
     if failures:
         return failures
-    expected = generate(container_ip(client, nodes[0]), LAB_PROMPT, 24)
-    return proxy_checks(client, proxies, nodes, expected)
+    via = next(p for p in proxies if site_of(p) == site_of(nodes[0]))
+    expected = generate_from(client, via, container_ip(client, nodes[0]), LAB_PROMPT, 24)
+    failures = proxy_checks(client, proxies, nodes, monitor, expected)
+    return failures + admin_checks(client, proxies, nodes)
+
+
+TRITON_PORTS = (8000, 8001, 8002)
+
+
+def connects(client: docker.DockerClient, source: LabHost | None, address: str, port: int) -> bool:
+    """Whether a TCP handshake with address:port completes from lab host ``source`` (None: this machine)."""
+    if source is None:
+        try:
+            with socket.create_connection((address, port), timeout=3):
+                return True
+        except OSError:
+            return False
+    probe = f"import socket; socket.create_connection(({address!r}, {port}), 3)"
+    return client.containers.get(source.name).exec_run(["python3", "-c", probe]).exit_code == 0
+
+
+def firewall_checks(
+    client: docker.DockerClient, nodes: list[LabHost], proxies: list[LabHost], monitor: LabHost
+) -> list[str]:
+    """The proxy is the only door: Triton's ports closed to everyone the host firewall does not name.
+
+    From the monitoring host (not a proxy) and from this machine (the controller), a GPU node's 8000 and
+    8001 are closed; 8002 (metrics) is closed to the proxies and this machine, open to the monitoring host;
+    8000 is open to the node's own site's proxy and closed to the other site's.
+    """
+    failures = []
+    for node in nodes:
+        address = container_ip(client, node)
+        own = next(p for p in proxies if site_of(p) == site_of(node))
+        other = next((p for p in proxies if site_of(p) != site_of(node)), None)
+        expected = {(own.name, 8000): True, (own.name, 8002): False, (monitor.name, 8002): True}
+        expected |= {(monitor.name, port): False for port in (8000, 8001)}
+        expected |= {("this machine", port): False for port in TRITON_PORTS}
+        if other is not None:
+            expected[(other.name, 8000)] = False
+        hosts = {own.name: own, monitor.name: monitor, "this machine": None} | ({other.name: other} if other else {})
+        wrong = [
+            f"{source}->{port} {'open' if not should else 'closed'}"
+            for (source, port), should in sorted(expected.items())
+            if connects(client, hosts[source], address, port) != should
+        ]
+        if wrong:
+            failures.append(f"{node.name}: the host firewall is not what the inventory says: {', '.join(wrong)}")
+        else:
+            log(f"{node.name}: 8000/8001 only from {own.name}, 8002 only from {monitor.name} (checked from each)")
+    return failures
+
+
+LAB_ADMIN = "lab-admin"
+LAB_LEAVER = "lab-leaver"
+
+
+def proxy_post(address: str, path: str, name: str) -> int:
+    """The HTTP status of an empty POST through a proxy with client ``name``'s certificate."""
+    request = urllib.request.Request(f"https://{address}:8443{path}", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=tls_context(name=name)) as answer:  # noqa: S310
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def node_status(client: docker.DockerClient, via: LabHost, node: LabHost, method: str, path: str) -> str:
+    """The HTTP status Triton on ``node`` gives ``via`` (a host its firewall admits), straight, no key."""
+    url = f"http://{container_ip(client, node)}:8000{path}"
+    return exec_text(client, via, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, url]).strip()
+
+
+def site_ready(client: docker.DockerClient, proxy: LabHost, nodes: list[LabHost]) -> bool:
+    """Whether every node has the lab model ready (asked from the site's proxy, the host Triton admits)."""
+    return all(node_status(client, proxy, n, "GET", f"/v2/models/{LAB_MODEL}/ready") == "200" for n in nodes)
+
+
+def admin_checks(client: docker.DockerClient, proxies: list[LabHost], nodes: list[LabHost]) -> list[str]:
+    """Management through the proxy: the admin client may, the inference client may not, Triton wants the key.
+
+    Per proxy: lab-admin reads the repository index (200), lab-client is refused (403), and the site's
+    proxy host itself, straight to Triton without the key, is refused by Triton (403). Then lab-admin
+    unloads the model and loads it again through the proxy (one request per node, round robin), and every
+    node of the site is ready again.
+    """
+    failures = []
+    for proxy in proxies:
+        address = container_ip(client, proxy)
+        site_nodes = [n for n in nodes if site_of(n) == site_of(proxy)]
+        index = "/v2/repository/index"
+        got = {
+            LAB_ADMIN: proxy_post(address, index, LAB_ADMIN),
+            LAB_CLIENT: proxy_post(address, index, LAB_CLIENT),
+            f"{proxy.name} straight to {site_nodes[0].name}": node_status(client, proxy, site_nodes[0], "POST", index),
+        }
+        if got != {LAB_ADMIN: 200, LAB_CLIENT: 403, f"{proxy.name} straight to {site_nodes[0].name}": "403"}:
+            failures.append(f"{proxy.name}: repository index statuses {got}, not admin 200, client 403, straight 403")
+            continue
+        unload = proxy_post(address, f"/v2/repository/models/{LAB_MODEL}/unload", LAB_ADMIN)
+        loads = [proxy_post(address, f"/v2/repository/models/{LAB_MODEL}/load", LAB_ADMIN) for _ in site_nodes]
+        ready = wait_for(functools.partial(site_ready, client, proxy, site_nodes), 60)
+        if unload != 200 or set(loads) != {200} or not ready:
+            failures.append(f"{proxy.name}: lab-admin unload {unload}, loads {loads}, all nodes ready again: {ready}")
+        else:
+            log(f"{proxy.name}: {LAB_ADMIN} manages models (index, unload, load); {LAB_CLIENT}, no key: 403")
+    return failures
+
+
+def revocation_checks(client: docker.DockerClient, proxies: list[LabHost]) -> list[str]:
+    """Revocation and CRL refresh the documented way, through playbooks/proxy.yml, as an operator runs them.
+
+    1. proxy.yml with lab-leaver among pki_clients: it infers through every proxy.
+    2. proxy.yml with lab-leaver moved to pki_revoke: every proxy refuses it at the handshake, lab-client
+       is still served; a second run changes nothing.
+    3. proxy.yml with the CRL inside its refresh window: the CRL is re-signed, and every proxy serves the
+       new one (HAProxy's loaded CRL, read from its runtime API, has the store's lastUpdate).
+    """
+    clients = [{"name": LAB_CLIENT}, {"name": LAB_ADMIN}]
+    issue = {"pki_clients": [*clients, {"name": LAB_LEAVER}]}
+    revoke = {"pki_clients": clients, "pki_revoke": [LAB_LEAVER]}
+    refresh = revoke | {"pki_crl_valid_days": 10, "pki_crl_refresh_days": 8}
+    failures: list[str] = []
+    addresses = {p.name: container_ip(client, p) for p in proxies}
+    if not run_playbook("playbooks/proxy.yml", ["-e", json.dumps(issue)]).ok:
+        return ["proxy.yml issuing lab-leaver failed"]
+    for name, address in addresses.items():
+        try:
+            through_proxy(address, LAB_PROMPT, 4, tls_context(name=LAB_LEAVER))
+        except OSError as exc:
+            failures.append(f"{name}: lab-leaver, just issued, was not served: {exc}")
+    if not run_playbook("playbooks/proxy.yml", ["-e", json.dumps(revoke)]).ok:
+        return [*failures, "proxy.yml revoking lab-leaver failed"]
+    again = run_playbook("playbooks/proxy.yml", ["-e", json.dumps(revoke)])
+    changed = {h: c["changed"] for h, c in again.recap.items() if c.get("changed")}
+    if not again.ok or changed:
+        failures.append(f"proxy.yml after the revocation was not idempotent: changed {changed}")
+    for proxy in proxies:
+        name, address = proxy.name, addresses[proxy.name]
+        outcome = refused(address, tls_context(name=LAB_LEAVER))
+        if outcome:
+            failures.append(f"{name}: revoked lab-leaver was not refused at the handshake ({outcome})")
+        elif not wait_for(functools.partial(refused_as_revoked, client, proxy)):
+            failures.append(f"{name}: lab-leaver's refusal is not audited as a revoked certificate (cert_error 23)")
+        try:
+            through_proxy(address, LAB_PROMPT, 4)
+        except OSError as exc:
+            failures.append(f"{name}: lab-client was not served after lab-leaver's revocation: {exc}")
+    before = crl_last_update(PKI_STORE / "ca.crl")
+    if not run_playbook("playbooks/proxy.yml", ["-e", json.dumps(refresh)]).ok:
+        return [*failures, "proxy.yml with the CRL in its refresh window failed"]
+    after = crl_last_update(PKI_STORE / "ca.crl")
+    if after == before:
+        failures.append(f"the CRL in its refresh window was not re-signed (lastUpdate still {before})")
+    for proxy in proxies:
+        served = served_crl_last_update(client, proxy)
+        if served != after:
+            failures.append(f"{proxy.name}: HAProxy serves a CRL of {served}, the store's is of {after}")
+    if not failures:
+        log(f"lab-leaver issued, served, revoked and refused through proxy.yml; CRL re-signed ({after}) and served")
+    return failures
+
+
+def refused_as_revoked(client: docker.DockerClient, proxy: LabHost) -> bool:
+    """Whether the proxy's last audited refusal (lab-leaver's, just made) was for a revoked certificate.
+
+    OpenSSL's X509_V_ERR_CERT_REVOKED is 23: a refusal for any other reason (a reset, a full frontend)
+    does not count.
+    """
+    for line in reversed(exec_text(client, proxy, ["tail", "-n", "20", AUDIT_LOG]).splitlines()):
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("event") == "refused":
+            return entry.get("cert_error") == 23
+    return False
+
+
+def crl_last_update(path: Path) -> str:
+    """A CRL file's lastUpdate, as openssl prints it."""
+    out = subprocess.run(["openssl", "crl", "-in", str(path), "-noout", "-lastupdate"], capture_output=True, text=True)
+    return out.stdout.strip().removeprefix("lastUpdate=")
+
+
+SHOW_CRL = (
+    "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); "
+    "s.sendall(b'show ssl crl-file /etc/deepseek/pki/ca.crl\\n'); print(s.makefile().read())"
+)
+
+
+def served_crl_last_update(client: docker.DockerClient, proxy: LabHost) -> str:
+    """The lastUpdate of the CRL HAProxy has loaded (its runtime API: show ssl crl-file), '' if none."""
+    out = exec_text(client, proxy, ["python3", "-c", SHOW_CRL])
+    match = re.search(r"^\s*Last Update: (.+)$", out, re.M)
+    return match.group(1).strip() if match else ""
 
 
 def cmd_up(client: docker.DockerClient) -> int:
@@ -666,6 +894,8 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
         if set(second.recap) != {h.name for h in hosts}:
             failures.append(f"recap hosts {sorted(second.recap)} differ from the lab hosts")
         failures += end_to_end_checks(client, hosts)
+        if not failures:
+            failures += revocation_checks(client, [h for h in hosts if "proxies" in h.groups])
         log(f"first converge {first.seconds:.0f} s ({first.changed} changes), second {second.seconds:.0f} s")
     finally:
         if not keep:

@@ -52,3 +52,13 @@ def test_a_site_whose_proxy_has_no_nodes_fails():
 def test_a_host_outside_both_sites_fails():
     hosts = [host("p", "proxies"), host("n", "gpu_nodes", "primary")]
     assert "p belongs to no site (primary or standby)" in lab.site_checks(None, hosts)
+
+
+def test_a_site_whose_nodes_have_no_proxy_fails():
+    hosts = [host("p", "proxies", "primary"), host("n", "gpu_nodes", "primary"), host("m", "gpu_nodes", "standby")]
+    assert lab.site_checks(None, hosts) == ["site standby has no proxy"]
+
+
+def test_a_lab_without_a_monitoring_host_fails():
+    hosts = [host("p", "proxies", "primary"), host("n", "gpu_nodes", "primary")]
+    assert lab.site_checks(None, hosts) == ["the lab has no host in group monitoring"]
