@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Union
 
 PROTOCOLS = ("tcp", "udp")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 class RuleError(ValueError):
@@ -46,8 +46,8 @@ def parse_port(value: Any, where: str) -> str:
 def _merged_ports(ports: list[str]) -> list[str]:
     """Ports and ranges sorted, overlapping or adjacent ones merged (nft refuses overlaps in one set)."""
     spans: list[list[int]] = []
-    for low, _, high in sorted((p.partition("-") for p in ports), key=lambda t: (int(t[0]), int(t[2] or t[0]))):
-        start, end = int(low), int(high or low)
+    bounds = sorted((int(low), int(high or low)) for low, _sep, high in (p.partition("-") for p in ports))
+    for start, end in bounds:
         if spans and start <= spans[-1][1] + 1:
             spans[-1][1] = max(spans[-1][1], end)
         else:
