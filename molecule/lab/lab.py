@@ -716,7 +716,8 @@ def firewall_checks(
 
 
 LAB_ADMIN = "lab-admin"
-LAB_LEAVER = "lab-leaver"
+# A name of its own per run: revocations are permanent in the lab's CA store, which outlives the hosts.
+LAB_LEAVER = f"lab-leaver-{int(time.time())}"
 
 
 def proxy_post(address: str, path: str, name: str) -> int:
@@ -783,7 +784,9 @@ def revocation_checks(client: docker.DockerClient, proxies: list[LabHost]) -> li
     clients = [{"name": LAB_CLIENT}, {"name": LAB_ADMIN}]
     issue = {"pki_clients": [*clients, {"name": LAB_LEAVER}]}
     revoke = {"pki_clients": clients, "pki_revoke": [LAB_LEAVER]}
-    refresh = revoke | {"pki_crl_valid_days": 10, "pki_crl_refresh_days": 8}
+    # A refresh window longer than the store's CRL has left, whatever an earlier run signed.
+    days_left = crl_days_left(PKI_STORE / "ca.crl")
+    refresh = revoke | {"pki_crl_valid_days": days_left + 2, "pki_crl_refresh_days": days_left + 1}
     failures: list[str] = []
     addresses = {p.name: container_ip(client, p) for p in proxies}
     if not run_playbook("playbooks/proxy.yml", ["-e", json.dumps(issue)]).ok:
@@ -836,6 +839,13 @@ def refused_as_revoked(client: docker.DockerClient, proxy: LabHost) -> bool:
         if entry.get("event") == "refused":
             return entry.get("cert_error") == 23
     return False
+
+
+def crl_days_left(path: Path) -> int:
+    """Whole days (rounded up) until a CRL file's nextUpdate."""
+    out = subprocess.run(["openssl", "crl", "-in", str(path), "-noout", "-nextupdate"], capture_output=True, text=True)
+    next_update = time.mktime(time.strptime(out.stdout.strip().removeprefix("nextUpdate="), "%b %d %H:%M:%S %Y %Z"))
+    return max(1, -(-int(next_update - time.mktime(time.gmtime())) // 86400))
 
 
 def crl_last_update(path: Path) -> str:
