@@ -339,8 +339,8 @@ def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
     print(f"{'host':<20} {'address':<15} {'groups':<42} node_exporter (from {monitor.name})")
     for host in hosts:
         ip = container_ip(client, host)
-        url = f"http://{ip}:9100/metrics"
-        body = exec_text(client, monitor, ["curl", "-sf", "--max-time", "5", url])
+        url = f"https://{host.name}:9100/metrics"
+        body = exec_text(client, monitor, scrape_argv(monitor, host))
         series = sum(1 for line in body.splitlines() if line.startswith("node_"))
         state = f"{url}  ({series} node_* samples)" if series else f"{url}  NOT ANSWERING"
         groups = ",".join(host.groups)
@@ -350,18 +350,35 @@ def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
     print("Re-run the stack:  make lab        Remove it:  make lab-down")
 
 
+def scrape_argv(monitor: LabHost, host: LabHost, client_cert: bool = True) -> list[str]:
+    """The curl command line the monitoring host scrapes a host's node_exporter with.
+
+    TLS 1.3, the deployment's CA, and (unless client_cert is false) the monitoring host's scrape
+    certificate from the pki role (playbooks/monitoring.yml).
+    """
+    argv = ["curl", "-sf", "--max-time", "5", "--tlsv1.3", "--cacert", f"{LAB_PKI_DIR}/ca.crt"]
+    if client_cert:
+        scrape = f"{monitor.name}-scrape"
+        argv += ["--cert", f"{LAB_PKI_DIR}/{scrape}.crt", "--key", f"{LAB_PKI_DIR}/private/{scrape}.key"]
+    return [*argv, f"https://{host.name}:9100/metrics"]
+
+
 def end_to_end_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
     """Checks across the lab network; returns the list of failures (empty when all pass)."""
     failures = []
     monitor = next((h for h in hosts if "monitoring" in h.groups), hosts[0])
     scraper = client.containers.get(monitor.name)
     for host in hosts:
-        result = scraper.exec_run(["curl", "-sf", "--max-time", "5", f"http://{host.name}:9100/metrics"])
+        result = scraper.exec_run(scrape_argv(monitor, host))
         body = result.output.decode(errors="replace")
         if result.exit_code != 0 or "node_cpu_seconds_total" not in body:
-            failures.append(f"{monitor.name} could not scrape node_* metrics from {host.name}:9100")
+            failures.append(f"{monitor.name} could not scrape node_* metrics from {host.name}:9100 over mutual TLS")
+            continue
+        anonymous = scraper.exec_run(scrape_argv(monitor, host, client_cert=False))
+        if anonymous.exit_code == 0 or "node_cpu_seconds_total" in anonymous.output.decode(errors="replace"):
+            failures.append(f"{host.name}:9100 answered {monitor.name} without a client certificate")
         else:
-            log(f"{monitor.name} scraped {host.name}:9100 ({body.count(chr(10))} lines)")
+            log(f"{monitor.name} scraped {host.name}:9100 over TLS 1.3 with its scrape certificate only")
     for host in hosts:
         if "gpu_nodes" in host.groups:
             failures += gpu_node_checks(client.containers.get(host.name), host.name)
@@ -466,6 +483,8 @@ def gpu_node_checks(node: Container, name: str) -> list[str]:
 
 
 PKI_STORE = ROOT / ".cache" / "pki"
+# Where the pki role puts certificates on the lab hosts (its default pki_dir).
+LAB_PKI_DIR = "/etc/deepseek/pki"
 LAB_CLIENT = "lab-client"
 
 
@@ -791,9 +810,11 @@ def revocation_checks(client: docker.DockerClient, proxies: list[LabHost]) -> li
     addresses = {p.name: container_ip(client, p) for p in proxies}
     if not run_playbook("playbooks/proxy.yml", ["-e", json.dumps(issue)]).ok:
         return ["proxy.yml issuing lab-leaver failed"]
+    # The leaver's certificate and key as they keep them: the store drops a revoked client's key.
+    leaver = tls_context(name=LAB_LEAVER)
     for name, address in addresses.items():
         try:
-            through_proxy(address, LAB_PROMPT, 4, tls_context(name=LAB_LEAVER))
+            through_proxy(address, LAB_PROMPT, 4, leaver)
         except OSError as exc:
             failures.append(f"{name}: lab-leaver, just issued, was not served: {exc}")
     if not run_playbook("playbooks/proxy.yml", ["-e", json.dumps(revoke)]).ok:
@@ -804,7 +825,7 @@ def revocation_checks(client: docker.DockerClient, proxies: list[LabHost]) -> li
         failures.append(f"proxy.yml after the revocation was not idempotent: changed {changed}")
     for proxy in proxies:
         name, address = proxy.name, addresses[proxy.name]
-        outcome = refused(address, tls_context(name=LAB_LEAVER))
+        outcome = refused(address, leaver)
         if outcome:
             failures.append(f"{name}: revoked lab-leaver was not refused at the handshake ({outcome})")
         elif not wait_for(functools.partial(refused_as_revoked, client, proxy)):

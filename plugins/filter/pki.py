@@ -50,6 +50,18 @@ def pki_crl_entries(recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return entries
 
 
+def pki_is_revoked(serial: int | str, recorded: list[dict[str, Any]]) -> bool:
+    """Whether a certificate's serial (an integer, as x509_certificate_info reports it) is in the record.
+
+    The record keeps serials as lowercase hex without leading zeros (the issued/ file names).
+    """
+    try:
+        wanted = "%x" % int(serial)
+    except (TypeError, ValueError) as exc:
+        raise AnsibleFilterError(f"pki_is_revoked: {serial!r} is not an integer serial") from exc
+    return any(str(entry.get("serial", "")).lower().lstrip("0") == wanted.lstrip("0") for entry in recorded or [])
+
+
 def pki_unix_time(asn1: str) -> int:
     """An ASN.1 GeneralizedTime as community.crypto reports it (``20261207120000Z``), as Unix seconds."""
     try:
@@ -66,5 +78,6 @@ class FilterModule:
         return {
             "pki_new_revocations": pki_new_revocations,
             "pki_crl_entries": pki_crl_entries,
+            "pki_is_revoked": pki_is_revoked,
             "pki_unix_time": pki_unix_time,
         }

@@ -2,7 +2,12 @@
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.deepseek.cluster.plugins.filter.pki import pki_crl_entries, pki_new_revocations, pki_unix_time
+from ansible_collections.deepseek.cluster.plugins.filter.pki import (
+    pki_crl_entries,
+    pki_is_revoked,
+    pki_new_revocations,
+    pki_unix_time,
+)
 
 ISSUED = [
     "/store/issued/ops-1f.crt",
@@ -41,3 +46,16 @@ def test_asn1_times_become_unix_seconds():
     assert pki_unix_time("20261207120000Z") == 1796644800
     with pytest.raises(AnsibleFilterError, match="not a time"):
         pki_unix_time("2026-12-07")
+
+
+def test_a_certificate_whose_serial_is_recorded_is_revoked_and_no_other():
+    recorded = [
+        {"name": "ops", "serial": "a0b1", "revoked_at": NOW},
+        {"name": "old", "serial": "1f", "revoked_at": NOW},
+    ]
+    assert pki_is_revoked(0xA0B1, recorded)
+    assert pki_is_revoked(31, recorded)
+    assert not pki_is_revoked(0xA0B2, recorded)
+    assert not pki_is_revoked(0xA0B1, [])
+    with pytest.raises(AnsibleFilterError, match="not an integer serial"):
+        pki_is_revoked("a0b1", recorded)

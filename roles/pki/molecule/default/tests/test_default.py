@@ -10,6 +10,9 @@ import pytest
 PKI = "/etc/deepseek/pki"
 NODE = "molecule-pki-default"
 STORE = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki"
+# The operator's files as the leaver kept them (side_effect.yml copies them before the revocation; the
+# store drops a revoked client's key).
+LEAVER = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki-leaver"
 
 
 def text(host, path):
@@ -17,11 +20,15 @@ def text(host, path):
 
 
 def test_keys_are_private_and_the_ca_key_never_reaches_the_host(host):
-    assert host.file(f"{PKI}/private").mode == 0o700
+    assert host.file(f"{PKI}/private").mode == 0o711
     server_key = host.file(f"{PKI}/private/{NODE}.key")
     assert (server_key.user, server_key.mode) == ("root", 0o600)
     probe_key = host.file(f"{PKI}/private/probe.key")
     assert (probe_key.user, probe_key.mode) == ("nobody", 0o600)
+    # Its owner can read it (private/ lets others pass, not list); another user cannot.
+    assert host.run(f"runuser -u nobody -- cat {PKI}/private/probe.key").rc == 0
+    assert host.run(f"runuser -u nobody -- ls {PKI}/private").rc != 0
+    assert host.run(f"runuser -u nobody -- cat {PKI}/private/{NODE}.key").rc != 0
     keys = set(host.check_output("grep -rl 'PRIVATE KEY' /etc /root || true").split())
     # The host's own SSH host keys (ssh-keygen -A at its first boot) are not the role's.
     keys -= {f"/etc/ssh/ssh_host_{kind}_key" for kind in ("rsa", "ecdsa", "ed25519")}
@@ -65,7 +72,7 @@ def test_the_revoked_operator_fails_the_crl_check():
             str(STORE / "ca.crt"),
             "-CRLfile",
             str(STORE / "ca.crl"),
-            str(STORE / "clients" / "operator.crt"),
+            str(LEAVER / "operator.crt"),
         ],
         capture_output=True,
         text=True,
@@ -73,6 +80,8 @@ def test_the_revoked_operator_fails_the_crl_check():
     )
     assert result.returncode != 0
     assert "certificate revoked" in result.stdout + result.stderr
+    # The store no longer holds the revoked key: it is never signed again.
+    assert not (STORE / "clients" / "operator.key").exists()
 
 
 @pytest.fixture
@@ -110,7 +119,7 @@ def test_a_real_handshake_admits_the_probe_and_refuses_the_revoked_operator(host
     # The operator's key never left the controller; copy it to the node only for this refusal.
     host.run("install -d -m 0700 /root/revoked")
     for suffix in ("crt", "key"):
-        content = (STORE / "clients" / f"operator.{suffix}").read_text()
+        content = (LEAVER / f"operator.{suffix}").read_text()
         host.run(f"cat > /root/revoked/operator.{suffix} <<'EOF'\n{content}EOF")
     refused = handshake(host, "/root/revoked/operator.crt", "/root/revoked/operator.key")
     assert "HTTP/1.0 200 ok" not in refused.stdout
@@ -123,7 +132,9 @@ def test_expiry_dates_reach_node_exporters_textfile_collector(host):
     samples = dict(
         line.rsplit(" ", 1) for line in prom.content_string.splitlines() if line and not line.startswith("#")
     )
-    crl = samples[f'deepseek_pki_crl_next_update_timestamp_seconds{{path="{PKI}/ca.crl"}}']
+    crl = samples[
+        f'deepseek_pki_crl_next_update_timestamp_seconds{{path="{PKI}/ca.crl",issuer="deepseek internal CA"}}'
+    ]
     next_update = host.check_output(f"openssl crl -in {PKI}/ca.crl -noout -nextupdate").split("=", 1)[1]
     assert int(crl) == int(host.check_output(f"date -u -d '{next_update}' +%s"))
     cert = samples[f'deepseek_pki_certificate_not_after_timestamp_seconds{{path="{PKI}/molecule-pki-default.crt"}}']
