@@ -67,7 +67,17 @@ def test_tls12_is_refused_tls13_accepted(host):
     assert "TLSv1.3" in tls13.stdout
 
 
-@pytest.mark.parametrize("needle", ["cert_file: /etc/node_exporter/tls/server.crt", "min_version: TLS13", "scraper:"])
+def test_the_exporter_reads_its_own_copies_of_root_only_files(host):
+    # The source key is root's only (0700 directory, 0600 key); the exporter's group reads the copies.
+    assert host.run("runuser -u prometheus -- cat /etc/node_exporter/tls/server.key").rc != 0
+    for name in ("tls-server.crt", "tls-server.key"):
+        f = host.file(f"/etc/node_exporter/{name}")
+        assert (f.user, f.group, f.mode) == ("root", "prometheus", 0o640)
+        assert host.run(f"runuser -u prometheus -- cat /etc/node_exporter/{name}").rc == 0
+    assert host.file("/etc/node_exporter/tls-server.key").content == host.file(f"{TLS}/server.key").content
+
+
+@pytest.mark.parametrize("needle", ["cert_file: /etc/node_exporter/tls-server.crt", "min_version: TLS13", "scraper:"])
 def test_web_config_file(host, needle):
     f = host.file("/etc/node_exporter/web-config.yml")
     assert (f.user, f.group, f.mode) == ("root", "prometheus", 0o640)
