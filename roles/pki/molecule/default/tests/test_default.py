@@ -32,7 +32,7 @@ def test_keys_are_private_and_the_ca_key_never_reaches_the_host(host):
     keys = set(host.check_output("grep -rl 'PRIVATE KEY' /etc /root || true").split())
     # The host's own SSH host keys (ssh-keygen -A at its first boot) are not the role's.
     keys -= {f"/etc/ssh/ssh_host_{kind}_key" for kind in ("rsa", "ecdsa", "ed25519")}
-    assert keys == {f"{PKI}/private/{NODE}.key", f"{PKI}/private/probe.key"}
+    assert keys == {f"{PKI}/private/{NODE}.key", f"{PKI}/private/{NODE}-metrics.key", f"{PKI}/private/probe.key"}
     assert (STORE / "ca.key").stat().st_mode & 0o777 == 0o600
     assert STORE.stat().st_mode & 0o777 == 0o700
 
@@ -47,6 +47,17 @@ def test_server_certificate_names_the_host_the_vip_and_serves_only(host):
     assert "TLS Web Client Authentication" not in out
     assert "CA:FALSE" in out
     assert "Issuer: CN = deepseek internal CA" in out
+
+
+def test_metrics_certificate_names_the_host_only(host):
+    out = text(host, f"{PKI}/{NODE}-metrics.crt")
+    address = host.check_output("hostname -I").split()[0]
+    assert f"DNS:{NODE}" in out
+    assert f"IP Address:{address}" in out
+    assert "inference.lab.internal" not in out
+    assert "10.99.0.10" not in out
+    assert "TLS Web Server Authentication" in out
+    assert host.file(f"{PKI}/private/{NODE}-metrics.key").mode == 0o600
 
 
 def test_client_certificate_is_for_clients_only(host):
