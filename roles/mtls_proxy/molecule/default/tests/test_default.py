@@ -26,7 +26,9 @@ AUDIT = "/var/log/haproxy/audit.log"
 
 
 def client(name):
-    return str(STORE / "clients" / f"{name}.crt"), str(STORE / "clients" / f"{name}.key")
+    # The revoked leaver's files as it kept them (side_effect.yml): the store deleted its key.
+    where = STORE.parent / "pki-leaver" if name == "leaver" else STORE / "clients"
+    return str(where / f"{name}.crt"), str(where / f"{name}.key")
 
 
 @pytest.fixture(scope="module")
