@@ -4,7 +4,7 @@
 
 nvidia_driver_selection, nvidia_cuda_selection, nvidia_container_toolkit_selection,
 nvidia_repository, nvidia_cuda_repository, nvidia_mirror_repository, nvidia_debian_nonfree_repository,
-nvidia_upstream_version, nvidia_package_name, nvidia_apt_simulation_versions,
+nvidia_upstream_version, nvidia_package_name,
 nvidia_installed_driver_branch and nvidia_nvcc_release expose
 module_utils/nvidia_packages to the nvidia_driver, cuda_toolkit and nvidia_container_toolkit
 roles. A request no repository can satisfy fails with a message naming the variable to change.
@@ -38,7 +38,6 @@ class FilterModule:
             "nvidia_debian_nonfree_repository": _wrap(sel.debian_nonfree_repository),
             "nvidia_upstream_version": sel.upstream_version,
             "nvidia_package_name": sel.package_name,
-            "nvidia_apt_simulation_versions": sel.apt_simulation_versions,
             "nvidia_installed_driver_branch": _wrap(sel.installed_driver_branch),
             "nvidia_nvcc_release": sel.nvcc_release,
         }

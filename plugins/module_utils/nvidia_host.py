@@ -42,6 +42,47 @@ def _read_bytes(root: str, rel: str) -> bytes | None:
         return None
 
 
+# GPU architecture by the first byte of the PCI device id (NVIDIA assigns id blocks per chip family;
+# checked against every row of open-gpu-kernel-modules' compatible-GPU table,
+# tests/fixtures/nvidia-facts/open-gpu-kernel-modules-gpus.tsv). Later blocks are Blackwell or newer.
+ARCHITECTURE_BY_ID_BLOCK = {
+    0x1E: "turing",
+    0x1F: "turing",
+    0x20: "ampere",
+    0x21: "turing",
+    0x22: "ampere",
+    0x23: "hopper",
+    0x24: "ampere",
+    0x25: "ampere",
+    0x26: "ada",
+    0x27: "ada",
+    0x28: "ada",
+}
+FIRST_BLACKWELL_ID_BLOCK = 0x29
+
+
+def architecture(device_id: str) -> str:
+    """GPU architecture of a PCI device id: turing ... blackwell, or "pre-turing"."""
+    value = int(device_id, 16)
+    if value < FIRST_OPEN_MODULE_DEVICE_ID:
+        return "pre-turing"
+    block = value >> 8
+    if block >= FIRST_BLACKWELL_ID_BLOCK:
+        return "blackwell"
+    return ARCHITECTURE_BY_ID_BLOCK.get(block, "unknown")
+
+
+# Grace Hopper superchips' GPU ids (the driver's detect-self-hosted.h: 0x2340-0x237f).
+GRACE_HOPPER_IDS = range(0x2340, 0x2380)
+
+
+def requires_open_modules(device_ids: list[str], cpu: str) -> bool:
+    """NVIDIA supports only the open modules on Blackwell and on Grace Hopper (GH200, or Hopper on Arm)."""
+    arches = {architecture(d) for d in device_ids}
+    grace_hopper = any(int(d, 16) in GRACE_HOPPER_IDS for d in device_ids) or ("hopper" in arches and cpu == "aarch64")
+    return "blackwell" in arches or grace_hopper
+
+
 def open_module_capable(device_id: str) -> bool:
     """Whether a GPU of this PCI device id (``0x2330``) runs NVIDIA's open kernel modules."""
     return int(device_id, 16) >= FIRST_OPEN_MODULE_DEVICE_ID
@@ -76,6 +117,7 @@ def gpus(functions: list[dict[str, str]]) -> list[dict[str, Any]]:
             "pci_bus_id": f["pci_bus_id"],
             "device_id": f["device_id"],
             "open_module_capable": open_module_capable(f["device_id"]),
+            "architecture": architecture(f["device_id"]),
         }
         for f in functions
         if f["class"][:6] in GPU_CLASSES
@@ -131,13 +173,26 @@ def container(root: str) -> str:
     return ""
 
 
-def host_facts(root: str = "/") -> dict[str, Any]:
-    """All facts the GPU node roles decide on, read under ``root``."""
+def infiniband(root: str) -> list[str]:
+    """RDMA devices (mlx5_0, ...) the kernel has registered: the nodes GPUDirect RDMA is for."""
+    try:
+        return sorted(os.listdir(os.path.join(root, "sys/class/infiniband")))
+    except OSError:
+        return []
+
+
+def host_facts(root: str = "/", cpu: str = "") -> dict[str, Any]:
+    """All facts the GPU node roles decide on, read under ``root`` (``cpu``: uname machine)."""
     functions = pci_functions(root)
     gpu_list = gpus(functions)
     switches = nvswitches(root, functions)
     capable = [g["open_module_capable"] for g in gpu_list]
+    architectures = sorted({g["architecture"] for g in gpu_list})
+    cpu = cpu or os.uname().machine
     return {
+        "architectures": architectures,
+        "requires_open_modules": requires_open_modules([g["device_id"] for g in gpu_list], cpu),
+        "infiniband": infiniband(root),
         "container": container(root),
         "gpus": gpu_list,
         "gpu_count": len(gpu_list),

@@ -23,9 +23,14 @@ KERNEL_MODULES = ("open", "proprietary")
 # Driver branches each distribution ships itself. Debian 12 carries R535 only; RHEL none.
 DISTRO_BRANCHES = {
     ("Debian", "12"): ("535",),
-    ("Ubuntu", "22"): ("535", "550", "570", "575", "580"),
-    ("Ubuntu", "24"): ("535", "550", "570", "575", "580"),
+    ("Ubuntu", "22"): ("535", "550", "580"),
+    ("Ubuntu", "24"): ("535", "550", "580"),
 }
+# Ubuntu branches that are now empty transitional packages pulling in a newer branch: holding one
+# holds nothing, and its "version" is not the driver's.
+UBUNTU_TRANSITIONAL = {"565": "580", "570": "580", "575": "580"}
+# NVLink 5 boards (Blackwell HGX/GB200): fabric manager needs the NVLink subnet manager.
+NVLSM_PACKAGES = ["nvlsm", "infiniband-diags"]
 # The CUDA toolkit each distribution ships: (version, runtime library package).
 DISTRO_CUDA = {
     ("Debian", "12"): ("11.8", "libcudart11.0"),
@@ -40,6 +45,12 @@ CUDA_REPO_DISTROS = {("Debian", "12"): "debian12", ("Ubuntu", "22"): "ubuntu2204
 RHEL_LIKE = ("RedHat", "Rocky", "AlmaLinux", "CentOS")
 CUDA_REPO_ARCH = {"x86_64": "x86_64", "aarch64": "sbsa"}
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+# NVIDIA's pin file for its Ubuntu CUDA repositories (cuda-ubuntu2204.pin, cuda-ubuntu2404.pin).
+CUDA_UBUNTU_PIN = (
+    "Package: nsight-compute\nPin: origin *ubuntu.com*\nPin-Priority: -1\n\n"
+    "Package: nsight-systems\nPin: origin *ubuntu.com*\nPin-Priority: -1\n\n"
+    "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n"
+)
 
 
 class SelectionError(ValueError):
@@ -84,7 +95,12 @@ def cuda_repository(distribution: str, major: str, arch: str, base_url: str = CU
             "repo_gpgcheck": False,
         }
     path = f"{base_url}/{CUDA_REPO_DISTROS[key]}/{CUDA_REPO_ARCH[arch]}/"
-    return {
+    spec: dict[str, Any] = {}
+    if key[0] == "Ubuntu":
+        # NVIDIA's cuda-<distro>.pin, installed as /etc/apt/preferences.d/cuda-repository-pin-600:
+        # the CUDA repository wins over Ubuntu's archive for the packages both carry.
+        spec["preferences"] = {"name": "cuda-repository-pin-600", "content": CUDA_UBUNTU_PIN}
+    return spec | {
         "kind": "apt",
         "name": "cuda",
         "uris": [path],
@@ -94,12 +110,20 @@ def cuda_repository(distribution: str, major: str, arch: str, base_url: str = CU
     }
 
 
-def mirror_repository(
-    kind: str, name: str, url: str, suite: str, components: list[str], signed_by: str
-) -> dict[str, Any]:
+def mirror_name(url: str) -> str:
+    """One name per mirror URL ("nvidia-mirror-mirror-example-com-nvidia"), whichever role writes it.
+
+    The driver and CUDA roles pointed at one mirror write one file, not two names for one URI.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"^[a-z]+://", "", str(url).lower())).strip("-")
+    return f"nvidia-mirror-{slug}"[:80].rstrip("-")
+
+
+def mirror_repository(kind: str, url: str, suite: str, components: list[str], signed_by: str) -> dict[str, Any]:
     """An operator's mirror (air-gapped sites): flat (suite "/") or with a suite and components."""
     if not re.match(r"^(https?|file)://", url or ""):
         raise SelectionError(f"the local mirror URL is '{url}'; expected http://, https:// or file://.")
+    name = mirror_name(url)
     if kind == "dnf":
         return {
             "kind": "dnf",
@@ -161,10 +185,10 @@ def _nonfree(groups: dict[str, list[str]]) -> dict[str, Any]:
 def repository(source: str, distribution: str, major: str, arch: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The repository one role configures for ``source`` (spec for nvidia_driver's repository.yml).
 
-    ``settings`` carries the role's variables: ``cuda_repo_url``; for local_mirror ``name``, ``url``,
-    ``suite``, ``components``, ``signed_by``; for Debian's distro source ``indextargets`` ("URI SUITE
-    COMPONENT" lines), ``codename`` and ``distro_mirrors``. Distributions other than Debian need no
-    extra repository for ``distro`` (kind "none").
+    ``settings`` carries the role's variables: ``cuda_repo_url``; for local_mirror ``url``, ``suite``,
+    ``components``, ``signed_by``; for Debian's distro source ``codename`` and ``distro_mirrors`` (the
+    non-free components are added to the host's own Debian mirrors by the install flow).
+    Distributions other than Debian need no extra repository for ``distro`` (kind "none").
     """
     _choice(settings.get("variable", "source"), source, SOURCES)
     if source == "cuda_repo":
@@ -173,16 +197,19 @@ def repository(source: str, distribution: str, major: str, arch: str, settings: 
         kind = "dnf" if os_key(distribution, major)[0] == "RedHat" else "apt"
         return mirror_repository(
             kind,
-            settings["name"],
             settings["url"],
             settings["suite"],
             list(settings["components"]),
             settings["signed_by"],
         )
     if distribution == "Debian":
-        return debian_nonfree_repository(
-            list(settings.get("indextargets") or []), settings["codename"], settings.get("distro_mirrors")
-        )
+        # Resolved against the host's own sources by the install flow (nvidia_install.debian_nonfree).
+        return {
+            "kind": "apt-debian",
+            "name": "debian-nonfree",
+            "codename": settings["codename"],
+            "distro_mirrors": list(settings.get("distro_mirrors") or []),
+        }
     return {"kind": "none"}
 
 
@@ -193,12 +220,24 @@ def check_branch(branch: str) -> int:
     return int(branch)
 
 
-def _apt_version(name: str, version: str) -> str:
-    return f"{name}={version}*" if version else name
+def kernel_flavour(kernel: str) -> str:
+    """The flavour of a kernel release: "6.8.0-45-generic" -> "generic", "6.1.0-27-cloud-amd64" -> "cloud-amd64"."""
+    match = re.match(r"^[0-9]+\.[0-9]+(?:\.[0-9]+)?-[0-9]+(?:\.[0-9]+)?-(.+)$", str(kernel))
+    return match.group(1) if match else ""
 
 
-def _dnf_version(name: str, version: str) -> str:
-    return f"{name}-{version}*" if version else name
+# Ubuntu's general-availability kernel per release; a "generic" kernel of another series is the
+# hardware-enablement (HWE) stack, whose metapackages carry the -hwe-<release> suffix.
+UBUNTU_GA_KERNEL = {"22": "5.15", "24": "6.8"}
+
+
+def ubuntu_metapackage_flavour(major: str, kernel: str) -> str:
+    """Flavour for Ubuntu's kernel-following metapackages: generic, generic-hwe-24.04, aws, ..."""
+    flavour = kernel_flavour(kernel) or "generic"
+    series = ".".join(str(kernel).split(".")[:2])
+    if flavour == "generic" and kernel and series != UBUNTU_GA_KERNEL.get(str(major), series):
+        return f"generic-hwe-{major}.04"
+    return flavour
 
 
 def driver_selection(
@@ -210,20 +249,32 @@ def driver_selection(
     kernel_modules: str,
     version: str = "",
     kernel: str = "",
+    nvlsm: bool = False,
+    cpu_arch: str = "x86_64",
 ) -> dict[str, Any]:
-    """Packages of the NVIDIA driver for one host.
+    """Packages of the NVIDIA driver for one host, as bare names.
 
-    Returns ``family``, ``userspace`` / ``kernel`` / ``fabricmanager`` package lists (with version
-    patterns when ``version`` is set), ``versioned``: the packages whose version must be the driver's
-    (held against upgrades and compared before install), ``headers``, ``dkms`` and for RHEL the dnf
-    module stream.
+    ``kernel`` is the running kernel's release, or "" in a container (no running kernel of its own:
+    only the metapackages that follow the distribution's kernel are selected).
+
+    Returns ``family``; ``pre_install`` (NVIDIA's pinning package: installed in a transaction of its
+    own before anything else, so that its apt preferences are in force when the driver is chosen);
+    ``userspace``, ``kernel`` (module packages, including the metapackage that follows kernel
+    updates), ``headers`` (the running kernel's and the metapackage that follows updates) and
+    ``fabricmanager`` (fabric manager and NSCQ, plus NVLSM on NVLink 5 boards when ``nvlsm``);
+    ``versioned``: the names that must be at the driver's exact version (installed at one version in
+    one transaction, held, compared); ``dkms``; ``dnf_module`` (RHEL module stream) and
+    ``dnf_module_name``.
     """
     _choice("nvidia_driver_source", source, SOURCES)
     _choice("nvidia_driver_kernel_modules", kernel_modules, KERNEL_MODULES)
     num = check_branch(branch)
     key = check_os(distribution, major)
-    if version and not str(version).startswith(f"{branch}."):
-        raise SelectionError(f"nvidia_driver_version '{version}' is not of nvidia_driver_branch {branch}.")
+    if version and not re.match(rf"^{branch}\.[0-9]+(\.[0-9]+)?$", str(version)):
+        raise SelectionError(
+            f"nvidia_driver_version '{version}' is not a release of nvidia_driver_branch {branch} "
+            f"(e.g. {branch}.95.05)."
+        )
     flavor = layout if source == "local_mirror" else source
     _choice("nvidia_driver_local_mirror_layout", flavor, ("distro", "cuda_repo"))
     if flavor == "distro":
@@ -235,46 +286,76 @@ def driver_selection(
         if branch not in DISTRO_BRANCHES[key]:
             raise SelectionError(
                 f"nvidia_driver_branch {branch} is not packaged by {distribution} {major} (it has "
-                f"{', '.join(DISTRO_BRANCHES[key])}); set nvidia_driver_branch to one of those, or use "
-                "nvidia_driver_source=cuda_repo."
+                f"{', '.join(DISTRO_BRANCHES[key])}"
+                + (
+                    f"; {branch} is only a transitional package that installs {UBUNTU_TRANSITIONAL[branch]}"
+                    if key[0] == "Ubuntu" and branch in UBUNTU_TRANSITIONAL
+                    else ""
+                )
+                + "); set nvidia_driver_branch to one of those, or use nvidia_driver_source=cuda_repo."
             )
-        table = _distro_packages(key, branch, kernel_modules, kernel)
+        table = _distro_packages(key, branch, kernel_modules, kernel, cpu_arch)
     else:
-        table = _cuda_repo_packages(key, branch, num, kernel_modules)
-    pin = _dnf_version if key[0] == "RedHat" else _apt_version
-    versioned = set(table["versioned"])
-    for part in ("userspace", "kernel", "fabricmanager"):
-        table[part] = [pin(p, version) if p in versioned else p for p in table[part]]
+        table = _cuda_repo_packages(key, branch, num, kernel_modules, kernel, cpu_arch)
+    if nvlsm and table["fabricmanager"]:
+        table["fabricmanager"] = table["fabricmanager"] + NVLSM_PACKAGES
     table["family"] = "dnf" if key[0] == "RedHat" else "apt"
-    table["headers"] = _headers(key, kernel) if table["dkms"] else []
+    if not table["dkms"]:
+        table["headers"] = []
+    table["kernel_metapackages"] = kernel_metapackages(key, kernel, cpu_arch)
+    # Debian's own nvidia-persistenced runs as nvpd; NVIDIA's and Ubuntu's as nvidia-persistenced.
+    table["persistenced_user"] = "nvpd" if key[0] == "Debian" and flavor == "distro" else "nvidia-persistenced"
     return table
 
 
-def _headers(key: tuple[str, str], kernel: str) -> list[str]:
-    if not kernel:
-        return []
-    if key[0] == "RedHat":
-        return [f"kernel-devel-{kernel}", f"kernel-headers-{kernel}"]
-    return [f"linux-headers-{kernel}"]
+def kernel_metapackages(key: tuple[str, str], kernel: str, cpu_arch: str = "x86_64") -> list[str]:
+    """The packages that bring a new kernel (held with nvidia_driver_kernel_updates=hold).
+
+    dnf has none: there the kernel packages themselves are versionlocked.
+    """
+    if key[0] == "Debian":
+        flavour = kernel_flavour(kernel) or DEB_ARCH.get(cpu_arch, "amd64")
+        return [f"linux-image-{flavour}", f"linux-headers-{flavour}"]
+    if key[0] == "Ubuntu":
+        flavour = ubuntu_metapackage_flavour(key[1], kernel)
+        return [f"linux-{flavour}", f"linux-image-{flavour}", f"linux-headers-{flavour}"]
+    return []
 
 
-def _distro_packages(key: tuple[str, str], branch: str, modules: str, kernel: str) -> dict[str, Any]:
+def _debian_headers(kernel: str, cpu_arch: str) -> list[str]:
+    """The running kernel's headers and the metapackage of its flavour (linux-headers-amd64).
+
+    The metapackage pulls the headers of every new kernel, so DKMS builds the module before the reboot.
+    """
+    flavour = kernel_flavour(kernel) or DEB_ARCH.get(cpu_arch, "amd64")
+    return ([f"linux-headers-{kernel}"] if kernel else []) + [f"linux-headers-{flavour}"]
+
+
+def _distro_packages(key: tuple[str, str], branch: str, modules: str, kernel: str, cpu_arch: str) -> dict[str, Any]:
     if key[0] == "Debian":
         userspace = ["nvidia-smi", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
         kmod = "nvidia-open-kernel-dkms" if modules == "open" else "nvidia-kernel-dkms"
         return {
+            "pre_install": [],
             "userspace": userspace,
             "kernel": [kmod, "firmware-nvidia-gsp"],
+            "headers": _debian_headers(kernel, cpu_arch),
             "fabricmanager": [],
             "fabricmanager_available": False,
             "versioned": ["nvidia-smi", "libcuda1", "libnvidia-ml1", kmod, "firmware-nvidia-gsp"],
             "dkms": True,
             "dnf_module": "",
+            "dnf_module_name": "",
         }
     suffix = f"{branch}-server" + ("-open" if modules == "open" else "")
-    # Ubuntu's precompiled, Canonical-signed modules for the running kernel: no DKMS build, and they
-    # load under Secure Boot without a MOK.
-    kmod = f"linux-modules-nvidia-{suffix}-{kernel}" if kernel else f"linux-modules-nvidia-{suffix}-generic"
+    # Ubuntu's precompiled, Canonical-signed modules: no DKMS build, and they load under Secure Boot
+    # without a MOK. The package for the running kernel makes the module available now; the
+    # metapackage of the kernel's flavour (linux-modules-nvidia-580-server-open-generic, or
+    # -generic-hwe-24.04) depends on the module package of the newest kernel, so a kernel update
+    # brings the matching module with it (as ubuntu-drivers installs it).
+    kmods = [f"linux-modules-nvidia-{suffix}-{ubuntu_metapackage_flavour(key[1], kernel)}"]
+    if kernel:
+        kmods = [f"linux-modules-nvidia-{suffix}-{kernel}"] + kmods
     userspace = [
         f"nvidia-utils-{branch}-server",
         f"libnvidia-compute-{branch}-server",
@@ -282,17 +363,22 @@ def _distro_packages(key: tuple[str, str], branch: str, modules: str, kernel: st
     ]
     fabric = [f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"]
     return {
+        "pre_install": [],
         "userspace": userspace,
-        "kernel": [kmod],
+        "kernel": kmods,
+        "headers": [],
         "fabricmanager": fabric,
         "fabricmanager_available": True,
         "versioned": userspace + fabric,
         "dkms": False,
         "dnf_module": "",
+        "dnf_module_name": "",
     }
 
 
-def _cuda_repo_packages(key: tuple[str, str], branch: str, num: int, modules: str) -> dict[str, Any]:
+def _cuda_repo_packages(
+    key: tuple[str, str], branch: str, num: int, modules: str, kernel: str, cpu_arch: str
+) -> dict[str, Any]:
     # From R580 the fabric manager and NSCQ packages lost their branch suffix.
     fabric = (
         ["nvidia-fabricmanager", "libnvidia-nscq"]
@@ -300,37 +386,54 @@ def _cuda_repo_packages(key: tuple[str, str], branch: str, num: int, modules: st
         else [f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"]
     )
     if key[0] == "RedHat":
+        # NVIDIA's RHEL names: before R580 nvidia-fabric-manager and libnvidia-nscq-<branch>, from
+        # R580 nvidia-fabricmanager and libnvidia-nscq (gpu-driver-container rhel9/install.sh).
         fabric = (
-            ["nvidia-fabricmanager", "libnvidia-nscq"] if num >= 580 else ["nvidia-fabric-manager", "libnvidia-nscq"]
+            ["nvidia-fabricmanager", "libnvidia-nscq"]
+            if num >= 580
+            else ["nvidia-fabric-manager", f"libnvidia-nscq-{branch}"]
         )
         userspace = ["nvidia-driver-cuda", "nvidia-driver-cuda-libs", "libnvidia-ml", "nvidia-persistenced"]
         kmod = "kmod-nvidia-open-dkms" if modules == "open" else "kmod-nvidia-latest-dkms"
         stream = f"{branch}-open" if modules == "open" else f"{branch}-dkms"
         return {
+            "pre_install": [],
             "userspace": userspace,
             "kernel": [kmod],
+            # kernel-devel-matched pulls the kernel-devel of every installed kernel, so DKMS builds
+            # for the next kernel too (NVIDIA's RHEL 9 instructions).
+            "headers": ["kernel-devel-matched", "kernel-headers"],
             "fabricmanager": fabric,
             "fabricmanager_available": True,
             "versioned": userspace + [kmod] + fabric,
             "dkms": True,
             "dnf_module": f"nvidia-driver:{stream}",
+            "dnf_module_name": "nvidia-driver",
         }
     if key[0] == "Debian":
         userspace = ["nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
         kmod = "nvidia-kernel-open-dkms" if modules == "open" else "nvidia-kernel-dkms"
+        headers = _debian_headers(kernel, cpu_arch)
     else:
         userspace = [f"nvidia-utils-{branch}", f"libnvidia-compute-{branch}", f"nvidia-compute-utils-{branch}"]
         kmod = f"nvidia-dkms-{branch}-open" if modules == "open" else f"nvidia-dkms-{branch}"
-    # The pinning package keeps apt on this branch (without it cuda-drivers-580 pulls in 590).
+        headers = ([f"linux-headers-{kernel}"] if kernel else []) + [
+            f"linux-headers-{ubuntu_metapackage_flavour(key[1], kernel)}"
+        ]
+    # The pinning package keeps apt on this branch (without it cuda-drivers-580 pulls in 590); it
+    # must be installed in an earlier transaction than the driver, or its pin is not in force yet.
     pinning = [f"nvidia-driver-pinning-{branch}"] if num >= 580 else []
     return {
-        "userspace": pinning + userspace,
+        "pre_install": pinning,
+        "userspace": userspace,
         "kernel": [kmod],
+        "headers": headers,
         "fabricmanager": fabric,
         "fabricmanager_available": True,
         "versioned": userspace + [kmod] + fabric,
         "dkms": True,
         "dnf_module": "",
+        "dnf_module_name": "",
     }
 
 
@@ -351,8 +454,14 @@ def cuda_selection(
     profile: str,
     nccl: bool,
     driver_branch: str,
+    gpu_architectures: list[str] | None = None,
 ) -> dict[str, Any]:
-    """CUDA packages, install prefix and the version actually selected (``version`` "" = the default)."""
+    """CUDA packages, install prefix and the version actually selected (``version`` "" = the default).
+
+    ``gpu_architectures`` (the host's GPUs, nvidia_host_facts) must all be supported by the selected
+    CUDA: a toolkit older than an architecture cannot build or run code for it (Ubuntu 22.04's CUDA
+    11.5 on an H100, for instance).
+    """
     _choice("cuda_toolkit_source", source, SOURCES)
     _choice("cuda_toolkit_profile", profile, ("toolkit", "runtime"))
     key = check_os(distribution, major)
@@ -403,6 +512,7 @@ def cuda_selection(
             f"CUDA {selected} needs driver {need}; the driver branch is {driver_branch} "
             "(cuda_toolkit_driver_branch / nvidia_driver_branch). Raise the branch or lower cuda_toolkit_version."
         )
+    _check_cuda_covers(selected, gpu_architectures or [])
     return {
         "family": "dnf" if key[0] == "RedHat" else "apt",
         "version": selected,
@@ -412,10 +522,42 @@ def cuda_selection(
     }
 
 
+# The first CUDA release that builds for each GPU architecture (CUDA release notes: sm_75 10.0,
+# sm_80 11.0, sm_86 11.1, sm_89 and sm_90 11.8, sm_100 and sm_120 12.8).
+CUDA_MIN_FOR_ARCHITECTURE = {
+    "turing": "10.0",
+    "ampere": "11.1",
+    "ada": "11.8",
+    "hopper": "11.8",
+    "blackwell": "12.8",
+}
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(version).split(".") if p.isdigit())
+
+
+def _check_cuda_covers(selected: str, architectures: list[str]) -> None:
+    """An error when the selected CUDA predates one of the host's GPU architectures."""
+    too_new = sorted(
+        {
+            arch
+            for arch in architectures
+            if _version_tuple(selected) < _version_tuple(CUDA_MIN_FOR_ARCHITECTURE.get(arch, "0"))
+        }
+    )
+    if too_new:
+        need = max((CUDA_MIN_FOR_ARCHITECTURE[a] for a in too_new), key=_version_tuple)
+        raise SelectionError(
+            f"CUDA {selected} cannot build or run code for this host's {', '.join(too_new)} GPU(s): they need "
+            f"CUDA {need} or newer (cuda_toolkit_version, or cuda_toolkit_source=cuda_repo)."
+        )
+
+
 def container_toolkit_selection(
     distribution: str, major: str, arch: str, version: str, base_url: str = CTK_REPO_URL
 ) -> dict[str, Any]:
-    """NVIDIA container toolkit repository and its four packages, pinned to one version."""
+    """NVIDIA container toolkit repository and its four packages (installed and held at one version)."""
     key = check_os(distribution, major)
     if version and not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", str(version)):
         raise SelectionError(f"nvidia_container_toolkit_version is '{version}'; expected a release such as \"1.18.1\".")
@@ -434,7 +576,6 @@ def container_toolkit_selection(
             "gpgcheck": False,
             "repo_gpgcheck": True,
         }
-        packages = [_dnf_version(n, version + "-1" if version else "") for n in names]
     else:
         if arch not in DEB_ARCH:
             raise SelectionError(f"no container toolkit build for architecture {arch}; x86_64 and aarch64 have one.")
@@ -446,19 +587,14 @@ def container_toolkit_selection(
             "components": [],
             "signed_by": f"{base_url}/gpgkey",
         }
-        packages = [_apt_version(n, version + "-1" if version else "") for n in names]
-    return {"family": repo["kind"], "repository": repo, "packages": packages}
+    # Bare names: the shared install flow (the nvidia_packages role) pins all four to one version.
+    return {"family": repo["kind"], "repository": repo, "packages": names, "versioned": names}
 
 
 def upstream_version(version: str) -> str:
     """The upstream part of a package version: "1:535.261.03-1~deb12u1" -> "535.261.03"."""
     match = re.match(r"^(?:[0-9]+:)?([0-9][0-9.]*[0-9])", str(version))
     return match.group(1) if match else ""
-
-
-def package_name(spec: str) -> str:
-    """The bare package name of a selection entry: "pkg=580.95.05*", "pkg-580.95.05*" or "pkg-1.18.1-1*" -> "pkg"."""
-    return re.sub(r"(=.*|-[0-9][0-9.]*(-[0-9][0-9.]*)?\*)$", "", str(spec))
 
 
 def apt_simulation_versions(lines: list[str]) -> dict[str, str]:
@@ -469,6 +605,11 @@ def apt_simulation_versions(lines: list[str]) -> dict[str, str]:
         if match:
             planned[match.group(1)] = upstream_version(match.group(2))
     return planned
+
+
+def package_name(spec: str) -> str:
+    """The bare package name of a selection entry: "pkg=580.95.05*", "pkg-580.95.05*" or "pkg-1.18.1-1*" -> "pkg"."""
+    return re.sub(r"(=.*|-[0-9][0-9.]*(-[0-9][0-9.]*)?\*)$", "", str(spec))
 
 
 # Packages that carry libcuda.so, the driver's CUDA library, per packaging: Debian (and NVIDIA's

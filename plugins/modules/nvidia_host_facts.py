@@ -14,7 +14,9 @@ description:
     returns C(ansible_facts.nvidia_host).
   - GPUs and NVSwitches come from the PCI functions of vendor 0x10de (class 0x0300/0x0302 and 0x0680),
     or for NVSwitches from C(/proc/driver/nvidia-nvswitch/devices) when the driver lists them.
-  - Open kernel modules are recommended when every GPU is Turing or newer (PCI device id 0x1e00 and up).
+  - Open kernel modules are recommended when every GPU is Turing or newer (PCI device id 0x1e00 and up),
+    and required on Blackwell and Grace Hopper (C(requires_open_modules)).
+  - Each GPU's architecture comes from its PCI device id block (turing, ampere, hopper, ada, blackwell).
   - Never changes anything; supports check mode.
 author:
   - deepseek.cluster maintainers (@deepseek-cluster)
@@ -48,7 +50,8 @@ ansible_facts:
     nvidia_host:
       description:
         - C(container) (docker, podman, lxc ... or empty), C(gpus) (pci_bus_id, device_id,
-          open_module_capable), C(gpu_count), C(nvswitches), C(nvswitch_present),
+          open_module_capable, architecture), C(gpu_count), C(architectures), C(requires_open_modules),
+          C(infiniband) (RDMA devices), C(nvswitches), C(nvswitch_present),
           C(recommended_kernel_modules) (open or proprietary), C(kernel_module) (loaded, version,
           flavor), C(nouveau_loaded), C(secure_boot) (enabled, disabled or unsupported).
       type: dict
@@ -56,8 +59,11 @@ ansible_facts:
       sample:
         container: ""
         gpus:
-          - {pci_bus_id: "0000:18:00.0", device_id: "0x2330", open_module_capable: true}
+          - {pci_bus_id: "0000:18:00.0", device_id: "0x2330", open_module_capable: true, architecture: hopper}
         gpu_count: 1
+        architectures: [hopper]
+        requires_open_modules: false
+        infiniband: [mlx5_0]
         nvswitches: ["0000:05:00.0"]
         nvswitch_present: true
         recommended_kernel_modules: open
