@@ -913,6 +913,11 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
     failures: list[str] = []
     try:
         create_hosts(client, hosts)
+        # The command docs/playbooks/gpu_nodes.md shows, on fresh hosts: check mode must get through
+        # (nothing installed yet, no driver branch known to CUDA) and change nothing.
+        check = run_playbook("playbooks/gpu_nodes.yml", ["--check"])
+        if not check.ok:
+            return report(["playbooks/gpu_nodes.yml --check failed on the fresh GPU nodes"])
         first = run_playbook()
         if not first.ok:
             return report(["first converge of site.yml failed"])
@@ -927,7 +932,10 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
         failures += end_to_end_checks(client, hosts)
         if not failures:
             failures += revocation_checks(client, [h for h in hosts if "proxies" in h.groups])
-        log(f"first converge {first.seconds:.0f} s ({first.changed} changes), second {second.seconds:.0f} s")
+        log(
+            f"gpu_nodes.yml --check {check.seconds:.0f} s, first converge {first.seconds:.0f} s "
+            f"({first.changed} changes), second {second.seconds:.0f} s"
+        )
     finally:
         if not keep:
             remove_hosts(client)

@@ -29,6 +29,7 @@ class FilterModule:
         """Filter name -> function."""
         return {
             "nvidia_apt_source_plan": flow.apt_source_plan,
+            "nvidia_own_source_path": flow.own_source_path,
             "nvidia_debian_nonfree": _wrap(flow.debian_nonfree),
             "nvidia_installed_versions": flow.installed_versions,
             "nvidia_resolve_target": _wrap(flow.resolve_target),

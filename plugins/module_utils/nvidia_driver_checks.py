@@ -145,7 +145,10 @@ def no_module_reasons(host: dict[str, Any], mok: str, dkms_status: str) -> list[
     if host.get("nouveau_loaded"):
         reasons.append("nouveau is loaded and holds the GPUs (blacklist it and rebuild the initramfs)")
     if host.get("secure_boot") == "enabled" and mok != "enrolled":
-        reasons.append("Secure Boot is on and no enrolled key signs the module (nvidia_driver_secure_boot)")
+        reasons.append(
+            "Secure Boot is on: the module loads only if signed by a key the firmware trusts (a DKMS build "
+            "needs an enrolled MOK, nvidia_driver_secure_boot=sign; Ubuntu's precompiled modules are signed)"
+        )
     if dkms_status and not re.search(r"nvidia\S*[/,].*installed", dkms_status):
         reasons.append(f"DKMS has not installed the module: {dkms_status.strip()}")
     return reasons or ["the module did not load: see 'modprobe nvidia' and the kernel log (dmesg)"]

@@ -27,6 +27,11 @@ class InstallError(ValueError):
     """A state the flow refuses before changing anything; the message says what to change."""
 
 
+def normal_uri(uri: str) -> str:
+    """A repository URI as apt prints it: ending in "/", and "file:///x" written "file:/x"."""
+    return re.sub(r"^file://(?=/)", "file:", str(uri).strip()).rstrip("/") + "/"
+
+
 def parse_indextargets(lines: list[str]) -> list[dict[str, str]]:
     """Sources apt knows, from ``apt-get indextargets --format INDEXTARGETS_FORMAT`` lines.
 
@@ -42,7 +47,7 @@ def parse_indextargets(lines: list[str]) -> list[dict[str, str]]:
         records.append(
             {
                 "file": re.sub(r":[0-9]+$", "", entry),
-                "uri": uri.rstrip("/") + "/",
+                "uri": normal_uri(uri),
                 "suite": "" if suite in ("", "/") else suite,
                 "component": "" if component.startswith("$(") else component,
             }
@@ -67,21 +72,44 @@ def apt_source_plan(repository: dict[str, Any], lines: list[str]) -> dict[str, A
     """
     path = own_source_path(str(repository.get("name", "")))
     if repository.get("kind") != "apt":
-        return {"write": repository.get("kind") == "apt-debian", "path": path, "reused": ""}
+        wanted = repository.get("kind") == "apt-debian" and bool(repository.get("groups"))
+        return {"write": wanted, "path": path, "reused": ""}
     suites = ["" if s in ("", "/") else str(s) for s in repository["suites"]]
-    wanted = {(str(u).rstrip("/") + "/", s) for u in repository["uris"] for s in suites}
-    for record in parse_indextargets(lines):
-        if record["file"] != path and (record["uri"], record["suite"]) in wanted:
-            return {"write": False, "path": path, "reused": record["file"]}
+    components = [""] if not any(suites) else list(repository.get("components") or [])
+    wanted = {(normal_uri(u), s, c) for u in repository["uris"] for s in suites for c in components}
+    others = [r for r in parse_indextargets(lines) if r["file"] != path]
+    have = {(r["uri"], r["suite"], r["component"]) for r in others}
+    # Reused only when the host's sources already carry every suite and component asked for.
+    if wanted and wanted <= have:
+        reused = next(r["file"] for r in others if (r["uri"], r["suite"], r["component"]) in wanted)
+        return {"write": False, "path": path, "reused": reused}
     return {"write": True, "path": path, "reused": ""}
 
 
 def debian_nonfree(repository: dict[str, Any], lines: list[str]) -> dict[str, Any]:
-    """Resolve a Debian non-free request (kind apt-debian) against the host's own sources."""
+    """Resolve a Debian non-free request (kind apt-debian) against the host's own sources.
+
+    Each group (URIs, suites) gets only the components the host's other sources lack for it: Debian
+    12's installer already writes "main non-free-firmware", and a component listed twice makes apt
+    warn on every run ("configured multiple times"). No group left: nothing to write.
+    """
     if repository.get("kind") != "apt-debian" or repository.get("groups"):
         return repository
-    targets = [f"{r['uri']} {r['suite']} {r['component']}" for r in parse_indextargets(lines) if r["suite"]]
+    records = parse_indextargets(lines)
+    targets = [f"{r['uri']} {r['suite']} {r['component']}" for r in records if r["suite"]]
     resolved = debian_nonfree_repository(targets, repository["codename"], repository.get("distro_mirrors"))
+    own = own_source_path(resolved["name"])
+    have = {(r["uri"], r["suite"], r["component"]) for r in records if r["file"] != own}
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for group in resolved["groups"]:
+        for uri in group["uris"]:
+            for suite in group["suites"]:
+                missing = tuple(c for c in resolved["components"] if (normal_uri(uri), suite, c) not in have)
+                if missing:
+                    groups.setdefault((uri, missing), []).append(suite)
+    resolved["groups"] = [
+        {"uris": [uri], "suites": suites, "components": list(missing)} for (uri, missing), suites in groups.items()
+    ]
     return {**resolved, "variable": repository.get("variable", "")}
 
 
@@ -187,13 +215,22 @@ def dnf_module_commands(wanted: str, enabled: list[str]) -> list[list[str]]:
 
 
 def dnf_repoquery_argv(name: str) -> list[str]:
-    """The newest version of ``name`` dnf would install (module streams and versionlock applied)."""
+    """The newest version of ``name`` dnf offers, module streams applied.
+
+    Versionlock applies only when dnf resolves a transaction, not here: this runs on fresh hosts, where
+    nothing is locked.
+    """
     return ["dnf", "-q", "repoquery", "--latest-limit=1", "--queryformat=%{version}", name]
 
 
 def dnf_dry_run_argv(specs: list[str]) -> list[str]:
-    """The dnf dry run of one transaction: it resolves, prints, and answers no (exit 1 with a plan)."""
-    return ["dnf", "install", "--assumeno", "--allowerasing", *specs]
+    """The dnf dry run of one transaction: it resolves, prints, and answers no (exit 1 with a plan).
+
+    As strict as the install (no --allowerasing). The versionlock plugin is off for it: the flow
+    releases the locks of packages whose version changes only after the dry run, and while they hold,
+    dnf hides every other version of a locked name.
+    """
+    return ["dnf", "install", "--assumeno", "--disableplugin=versionlock", *specs]
 
 
 def dnf_dry_run_failed(rc: int, output: str) -> bool:

@@ -23,12 +23,13 @@ KERNEL_MODULES = ("open", "proprietary")
 # Driver branches each distribution ships itself. Debian 12 carries R535 only; RHEL none.
 DISTRO_BRANCHES = {
     ("Debian", "12"): ("535",),
-    ("Ubuntu", "22"): ("535", "550", "580"),
-    ("Ubuntu", "24"): ("535", "550", "580"),
+    ("Ubuntu", "22"): ("580",),
+    ("Ubuntu", "24"): ("580",),
 }
-# Ubuntu branches that are now empty transitional packages pulling in a newer branch: holding one
-# holds nothing, and its "version" is not the driver's.
-UBUNTU_TRANSITIONAL = {"565": "580", "570": "580", "575": "580"}
+# Ubuntu -server branches that are now transitional packages pulling in a newer branch (the archive's
+# jammy/noble -updates, tests/fixtures/nvidia-facts/ubuntu-server-branches-candidates.txt): holding
+# one holds nothing, and its "version" is not the driver's.
+UBUNTU_TRANSITIONAL = {"535": "580", "550": "580", "565": "580", "570": "580", "575": "580", "590": "595"}
 # NVLink 5 boards (Blackwell HGX/GB200): fabric manager needs the NVLink subnet manager.
 NVLSM_PACKAGES = ["nvlsm", "infiniband-diags"]
 # The CUDA toolkit each distribution ships: (version, runtime library package).
@@ -226,17 +227,23 @@ def kernel_flavour(kernel: str) -> str:
     return match.group(1) if match else ""
 
 
-# Ubuntu's general-availability kernel per release; a "generic" kernel of another series is the
-# hardware-enablement (HWE) stack, whose metapackages carry the -hwe-<release> suffix.
+# Ubuntu's general-availability kernel per release; a "generic" (or "nvidia") kernel of another series
+# is a hardware-enablement stack, whose metapackages carry another suffix: generic-hwe-22.04,
+# generic-hwe-24.04, nvidia-hwe-24.04, and on 22.04 nvidia-6.8 (the archive's metapackage names,
+# tests/fixtures/nvidia-facts/ubuntu-kernel-metapackages-candidates.tsv). Cloud flavours (aws, ...)
+# follow one series per release under their own name.
 UBUNTU_GA_KERNEL = {"22": "5.15", "24": "6.8"}
+UBUNTU_HWE_FLAVOURS = {"generic": "generic-hwe-{major}.04", "nvidia": "nvidia-hwe-{major}.04"}
+UBUNTU_HWE_EXCEPTIONS = {("22", "nvidia"): "nvidia-{series}"}
 
 
 def ubuntu_metapackage_flavour(major: str, kernel: str) -> str:
-    """Flavour for Ubuntu's kernel-following metapackages: generic, generic-hwe-24.04, aws, ..."""
+    """Flavour for Ubuntu's kernel-following metapackages: generic, generic-hwe-24.04, nvidia-6.8, aws, ..."""
     flavour = kernel_flavour(kernel) or "generic"
     series = ".".join(str(kernel).split(".")[:2])
-    if flavour == "generic" and kernel and series != UBUNTU_GA_KERNEL.get(str(major), series):
-        return f"generic-hwe-{major}.04"
+    if flavour in UBUNTU_HWE_FLAVOURS and kernel and series != UBUNTU_GA_KERNEL.get(str(major), series):
+        pattern = UBUNTU_HWE_EXCEPTIONS.get((str(major), flavour), UBUNTU_HWE_FLAVOURS[flavour])
+        return pattern.format(major=major, series=series)
     return flavour
 
 
@@ -296,15 +303,22 @@ def driver_selection(
             )
         table = _distro_packages(key, branch, kernel_modules, kernel, cpu_arch)
     else:
-        table = _cuda_repo_packages(key, branch, num, kernel_modules, kernel, cpu_arch)
+        table = _cuda_repo_packages(key, branch, num, kernel_modules, kernel, cpu_arch, str(version))
     if nvlsm and table["fabricmanager"]:
+        if flavor == "distro":
+            raise SelectionError(
+                "this NVSwitch board has Blackwell GPUs: fabric manager needs the NVLink subnet manager (nvlsm), "
+                "which only NVIDIA's repository carries; use nvidia_driver_source=cuda_repo or local_mirror "
+                "(layout cuda_repo)."
+            )
         table["fabricmanager"] = table["fabricmanager"] + NVLSM_PACKAGES
     table["family"] = "dnf" if key[0] == "RedHat" else "apt"
     if not table["dkms"]:
         table["headers"] = []
     table["kernel_metapackages"] = kernel_metapackages(key, kernel, cpu_arch)
-    # Debian's own nvidia-persistenced runs as nvpd; NVIDIA's and Ubuntu's as nvidia-persistenced.
-    table["persistenced_user"] = "nvpd" if key[0] == "Debian" and flavor == "distro" else "nvidia-persistenced"
+    # The user the packaged unit runs nvidia-persistenced as: nvpd in Debian's packaging, which NVIDIA's
+    # debian12 packages follow (debian-packaging-nvidia-driver); nvidia-persistenced on Ubuntu and RHEL.
+    table["persistenced_user"] = "nvpd" if key[0] == "Debian" else "nvidia-persistenced"
     return table
 
 
@@ -335,14 +349,23 @@ def _distro_packages(key: tuple[str, str], branch: str, modules: str, kernel: st
     if key[0] == "Debian":
         userspace = ["nvidia-smi", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
         kmod = "nvidia-open-kernel-dkms" if modules == "open" else "nvidia-kernel-dkms"
+        # contrib's open modules lag behind the security updates of the user space (535.261.03 vs
+        # 535.309.01): pinning the set to the modules' version needs the packages the driver's packages
+        # depend on at one exact version pinned too, or apt takes their newer candidate (and without
+        # libnvidia-cfg1, nvidia-tesla-470's). Captured: tests/fixtures/nvidia-facts/apt-simulate-debian12-*.
+        exact = (
+            ["nvidia-alternative", "libnvidia-ptxjitcompiler1", "libnvidia-pkcs11-openssl3", "libnvidia-cfg1"]
+            if modules == "open"
+            else []
+        )
         return {
             "pre_install": [],
-            "userspace": userspace,
+            "userspace": userspace + exact,
             "kernel": [kmod, "firmware-nvidia-gsp"],
             "headers": _debian_headers(kernel, cpu_arch),
             "fabricmanager": [],
             "fabricmanager_available": False,
-            "versioned": ["nvidia-smi", "libcuda1", "libnvidia-ml1", kmod, "firmware-nvidia-gsp"],
+            "versioned": ["nvidia-smi", "libcuda1", "libnvidia-ml1", *exact, kmod, "firmware-nvidia-gsp"],
             "dkms": True,
             "dnf_module": "",
             "dnf_module_name": "",
@@ -377,7 +400,7 @@ def _distro_packages(key: tuple[str, str], branch: str, modules: str, kernel: st
 
 
 def _cuda_repo_packages(
-    key: tuple[str, str], branch: str, num: int, modules: str, kernel: str, cpu_arch: str
+    key: tuple[str, str], branch: str, num: int, modules: str, kernel: str, cpu_arch: str, version: str
 ) -> dict[str, Any]:
     # From R580 the fabric manager and NSCQ packages lost their branch suffix.
     fabric = (
@@ -422,7 +445,10 @@ def _cuda_repo_packages(
         ]
     # The pinning package keeps apt on this branch (without it cuda-drivers-580 pulls in 590); it
     # must be installed in an earlier transaction than the driver, or its pin is not in force yet.
-    pinning = [f"nvidia-driver-pinning-{branch}"] if num >= 580 else []
+    # NVIDIA publishes nvidia-driver-pinning-<branch> (Pin: version <branch>.*) and, per release,
+    # nvidia-driver-pinning-<version>; all ship /etc/apt/preferences.d/nvidia-driver-pin (priority
+    # 1000) and conflict with each other, so a version change swaps one for the other.
+    pinning = [f"nvidia-driver-pinning-{version or branch}"] if num >= 580 else []
     return {
         "pre_install": pinning,
         "userspace": userspace,
