@@ -147,7 +147,8 @@ def no_module_reasons(host: dict[str, Any], mok: str, dkms_status: str) -> list[
     if host.get("secure_boot") == "enabled" and mok != "enrolled":
         reasons.append(
             "Secure Boot is on: the module loads only if signed by a key the firmware trusts (a DKMS build "
-            "needs an enrolled MOK, nvidia_driver_secure_boot=sign; Ubuntu's precompiled modules are signed)"
+            "needs an enrolled MOK, nvidia_driver_secure_boot=sign; Ubuntu's precompiled modules are signed by "
+            "Canonical where linux-signatures-nvidia exists for the kernel)"
         )
     if dkms_status and not re.search(r"nvidia\S*[/,].*installed", dkms_status):
         reasons.append(f"DKMS has not installed the module: {dkms_status.strip()}")

@@ -353,11 +353,7 @@ def _distro_packages(key: tuple[str, str], branch: str, modules: str, kernel: st
         # 535.309.01): pinning the set to the modules' version needs the packages the driver's packages
         # depend on at one exact version pinned too, or apt takes their newer candidate (and without
         # libnvidia-cfg1, nvidia-tesla-470's). Captured: tests/fixtures/nvidia-facts/apt-simulate-debian12-*.
-        exact = (
-            ["nvidia-alternative", "libnvidia-ptxjitcompiler1", "libnvidia-pkcs11-openssl3", "libnvidia-cfg1"]
-            if modules == "open"
-            else []
-        )
+        exact = ["nvidia-alternative", "libnvidia-ptxjitcompiler1", "libnvidia-pkcs11-openssl3", "libnvidia-cfg1"]
         return {
             "pre_install": [],
             "userspace": userspace + exact,

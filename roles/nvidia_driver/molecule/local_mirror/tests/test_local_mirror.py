@@ -15,8 +15,9 @@ from container_userspace import (  # noqa: E402, F401
 testinfra_hosts = ["ansible://molecule-nvidia-driver-node"]
 
 MIRROR = "http://molecule-nvidia-driver-mirror:8080/"
-SOURCE = "/etc/apt/sources.list.d/nvidia-driver-mirror.sources"
-KEYRING = "/etc/apt/keyrings/nvidia-driver-mirror.asc"
+# One name per mirror URL, whichever role writes it (nvidia_packages.mirror_name).
+SOURCE = "/etc/apt/sources.list.d/nvidia-mirror-molecule-nvidia-driver-mirror-8080.sources"
+KEYRING = "/etc/apt/keyrings/nvidia-mirror-molecule-nvidia-driver-mirror-8080.asc"
 USERSPACE = ["nvidia-smi", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
 HELD = ["nvidia-smi", "libcuda1", "libnvidia-ml1"]  # the packages at the driver's version
 
