@@ -1,7 +1,7 @@
 """Repository and package selection for every supported OS and source, including the unreachable ones.
 
 Sources of the expectations (not the code's own output):
-- /tmp/research14.md sections 1-12 (cited as "research §N");
+- tests/fixtures/nvidia-facts/SOURCES.md sections 1-12 (cited as "research §N");
 - tests/fixtures/nvidia-facts/ubuntu-*-candidates.* and debian12-kernel-metapackages-candidates.tsv:
   apt-cache answers of the real Ubuntu and Debian archives (how they were made is their first line).
 """
