@@ -30,6 +30,8 @@ class FilterModule:
         return {
             "nvidia_apt_source_plan": flow.apt_source_plan,
             "nvidia_own_source_path": flow.own_source_path,
+            "nvidia_conflict_uri": flow.conflict_uri,
+            "nvidia_same_branch": flow.same_branch,
             "nvidia_debian_nonfree": _wrap(flow.debian_nonfree),
             "nvidia_installed_versions": flow.installed_versions,
             "nvidia_resolve_target": _wrap(flow.resolve_target),

@@ -13,21 +13,41 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# mokutil --test-key (rhboot/mokutil src/mokutil.c): exit 0 with "... is not enrolled"; exit 1 with
-# "... is already enrolled" or "... is already in the enrollment request" (and on a machine without
-# EFI variables). The text decides, not the exit code.
-MOK_ENROLLED = "is already enrolled"
+# mokutil --test-key (rhboot/mokutil src/mokutil.c, test_key and print_skip_message): exit 0 with
+# "... is not enrolled"; exit 1 with "... is already enrolled", "... is already in db", "... is already
+# in the built-in trusted keyring" (the firmware or kernel trusts it: as good as enrolled), "... is
+# already in the enrollment request", or "... is blocked in dbx"/"MokListXRT" (it will never be
+# trusted). The text decides, not the exit code.
+MOK_TRUSTED = ("is already enrolled", "is already in db", "already in the built-in trusted keyring")
 MOK_REQUESTED = "already in the enrollment request"
+MOK_BLOCKED = "is blocked"
 
 
 def mok_state(rc: int, output: str) -> str:
-    """``enrolled``, ``requested`` (waits for the MOK manager at the next boot) or ``absent``."""
+    """``enrolled``, ``requested`` (waits for the MOK manager at the next boot), ``blocked`` or ``absent``."""
     text = str(output)
-    if MOK_ENROLLED in text:
+    if MOK_BLOCKED in text:
+        return "blocked"
+    if any(marker in text for marker in MOK_TRUSTED):
         return "enrolled"
     if MOK_REQUESTED in text:
         return "requested"
     return "absent"
+
+
+def persistenced_command(unit: str) -> str:
+    """The packaged nvidia-persistenced command with persistence mode on, or "" when it is on already.
+
+    ``unit`` is the packaged unit file (its FragmentPath, not the drop-ins). Ubuntu's unit passes
+    ``--no-persistence-mode``; Debian's (``--user nvpd``) and NVIDIA's RHEL unit (``--verbose``, no user)
+    do not, and then nothing needs overriding. The packaged command is kept as it is (its user, which
+    may not exist under another name) with only that flag replaced.
+    """
+    commands = [line.split("=", 1)[1].strip() for line in str(unit).splitlines() if line.startswith("ExecStart=")]
+    command = next((c for c in reversed(commands) if c), "")
+    if "--no-persistence-mode" not in command.split():
+        return ""
+    return " ".join("--persistence-mode" if w == "--no-persistence-mode" else w for w in command.split())
 
 
 def reboot_plan(

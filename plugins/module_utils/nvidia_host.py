@@ -174,25 +174,48 @@ def container(root: str) -> str:
 
 
 def infiniband(root: str) -> list[str]:
-    """RDMA devices (mlx5_0, ...) the kernel has registered: the nodes GPUDirect RDMA is for."""
+    """RDMA devices (mlx5_0, ...) the kernel has registered, NVLink management ports included."""
     try:
         return sorted(os.listdir(os.path.join(root, "sys/class/infiniband")))
     except OSError:
         return []
 
 
+def nvlink5_ports(root: str, devices: list[str]) -> list[str]:
+    """RDMA devices that are NVLink 5 switch management ports: their VPD carries SW_MNG.
+
+    On NVLink 5 boards (Blackwell HGX) the NVSwitches are managed through ConnectX ports, not PCI bridge
+    functions; NVIDIA's driver container detects them this way (gpu-driver-container, _assert_nvlink5_system).
+    """
+    return [d for d in devices if b"SW_MNG" in (_read_bytes(root, f"sys/class/infiniband/{d}/device/vpd") or b"")]
+
+
+def peer_memory_supported(root: str) -> bool:
+    """Whether the RDMA stack exports the peer-memory API nvidia-peermem needs (MLNX_OFED/DOCA kernels).
+
+    Without ib_register_peer_memory_client, loading nvidia-peermem fails with EINVAL (open-gpu-kernel-modules,
+    nvidia-peermem.c).
+    """
+    return b"ib_register_peer_memory_client" in (_read_bytes(root, "proc/kallsyms") or b"")
+
+
 def host_facts(root: str = "/", cpu: str = "") -> dict[str, Any]:
     """All facts the GPU node roles decide on, read under ``root`` (``cpu``: uname machine)."""
     functions = pci_functions(root)
     gpu_list = gpus(functions)
-    switches = nvswitches(root, functions)
+    rdma = infiniband(root)
+    nvlink5 = nvlink5_ports(root, rdma)
+    switches = nvswitches(root, functions) or nvlink5
     capable = [g["open_module_capable"] for g in gpu_list]
     architectures = sorted({g["architecture"] for g in gpu_list})
     cpu = cpu or os.uname().machine
     return {
         "architectures": architectures,
         "requires_open_modules": requires_open_modules([g["device_id"] for g in gpu_list], cpu),
-        "infiniband": infiniband(root),
+        # RDMA devices for GPUDirect RDMA: NVLink management ports are not network adapters.
+        "infiniband": [d for d in rdma if d not in nvlink5],
+        "nvlink5_switch_ports": nvlink5,
+        "peer_memory_supported": peer_memory_supported(root),
         "container": container(root),
         "gpus": gpu_list,
         "gpu_count": len(gpu_list),

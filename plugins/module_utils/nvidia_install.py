@@ -123,6 +123,21 @@ def installed_versions(packages: dict[str, list[dict[str, Any]]], names: list[st
     return found
 
 
+def conflict_uri(stderr: str) -> str:
+    """The URI apt names in "Conflicting values set for option Signed-By regarding source URI SUITE: A != B"."""
+    match = re.search(r"Conflicting values set for option Signed-By regarding source (\S+)", str(stderr))
+    return normal_uri(match.group(1)) if match else ""
+
+
+def same_branch(installed: dict[str, str], prefix: str) -> dict[str, str]:
+    """Installed versions of the branch asked for ("580.").
+
+    Another branch's packages do not count, so a branch change resolves to the new branch instead of
+    keeping the old version.
+    """
+    return {n: v for n, v in installed.items() if not prefix or v.startswith(prefix)}
+
+
 def resolve_target(requested: str, versioned: list[str], installed: dict[str, str], planned: dict[str, str]) -> str:
     """The one version every versioned package is installed at.
 

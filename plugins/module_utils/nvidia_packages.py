@@ -316,9 +316,6 @@ def driver_selection(
     if not table["dkms"]:
         table["headers"] = []
     table["kernel_metapackages"] = kernel_metapackages(key, kernel, cpu_arch)
-    # The user the packaged unit runs nvidia-persistenced as: nvpd in Debian's packaging, which NVIDIA's
-    # debian12 packages follow (debian-packaging-nvidia-driver); nvidia-persistenced on Ubuntu and RHEL.
-    table["persistenced_user"] = "nvpd" if key[0] == "Debian" else "nvidia-persistenced"
     return table
 
 
@@ -405,6 +402,11 @@ def _cuda_repo_packages(
         else [f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}"]
     )
     if key[0] == "RedHat":
+        if num < 560:
+            raise SelectionError(
+                f"nvidia_driver_branch {branch}: NVIDIA's RHEL 9 packaging names the NVML library libnvidia-ml "
+                "only from R560 (nvidia-driver-NVML before); use nvidia_driver_branch 560 or newer on RHEL."
+            )
         # NVIDIA's RHEL names: before R580 nvidia-fabric-manager and libnvidia-nscq-<branch>, from
         # R580 nvidia-fabricmanager and libnvidia-nscq (gpu-driver-container rhel9/install.sh).
         fabric = (
@@ -433,6 +435,14 @@ def _cuda_repo_packages(
         userspace = ["nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
         kmod = "nvidia-kernel-open-dkms" if modules == "open" else "nvidia-kernel-dkms"
         headers = _debian_headers(kernel, cpu_arch)
+    elif num >= 590:
+        # From R590 NVIDIA's Ubuntu packages drop the branch from their names (Driver Installation Guide,
+        # "Recent updates"); the pinning package chooses the branch.
+        userspace = ["nvidia-utils", "libnvidia-compute", "nvidia-compute-utils"]
+        kmod = "nvidia-dkms-open" if modules == "open" else "nvidia-dkms"
+        headers = ([f"linux-headers-{kernel}"] if kernel else []) + [
+            f"linux-headers-{ubuntu_metapackage_flavour(key[1], kernel)}"
+        ]
     else:
         userspace = [f"nvidia-utils-{branch}", f"libnvidia-compute-{branch}", f"nvidia-compute-utils-{branch}"]
         kmod = f"nvidia-dkms-{branch}-open" if modules == "open" else f"nvidia-dkms-{branch}"
@@ -559,8 +569,20 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in str(version).split(".") if p.isdigit())
 
 
+# CUDA 13.0 dropped Maxwell, Pascal and Volta (sm_5x, sm_6x, sm_70/72): CUDA 12 is their last major.
+CUDA_LAST_MAJOR_FOR_ARCHITECTURE = {"pre-turing": 12}
+
+
 def _check_cuda_covers(selected: str, architectures: list[str]) -> None:
-    """An error when the selected CUDA predates one of the host's GPU architectures."""
+    """An error when the selected CUDA predates one of the host's GPU architectures, or dropped it."""
+    dropped = sorted(
+        a for a in architectures if _version_tuple(selected)[0] > CUDA_LAST_MAJOR_FOR_ARCHITECTURE.get(a, 99)
+    )
+    if dropped:
+        raise SelectionError(
+            f"CUDA {selected} no longer supports this host's GPUs older than Turing (CUDA 13 dropped Maxwell, "
+            "Pascal and Volta): set cuda_toolkit_version to a 12.x release."
+        )
     too_new = sorted(
         {
             arch

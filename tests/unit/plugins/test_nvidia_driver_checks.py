@@ -2,12 +2,20 @@
 
 The fabric tests read a real ``nvidia-smi -a`` capture of one H100 (driver 560.35.03, Fabric Completed /
 Success; tests/fixtures/nvidia-facts/nvidia-smi-q-h100-fabric.txt, research §4) and copies of it edited
-here. The mokutil messages are the format strings of rhboot/mokutil src/mokutil.c (research §8).
+here. The mokutil messages are the format strings of rhboot/mokutil src/mokutil.c (research §8). The
+nvidia-persistenced units are those of research §6 and §14; the drop-in is the role's own template,
+rendered with jinja2 and, where systemd-analyze exists, loaded by systemd itself.
 """
 
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import jinja2
 import pytest
+import yaml
 from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_driver_checks import (
     fabric_problems,
     fabric_states,
@@ -15,10 +23,13 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_driver_che
     modules_missing,
     mok_state,
     no_module_reasons,
+    persistenced_command,
     reboot_plan,
 )
 
-FACTS = Path(__file__).resolve().parents[2] / "fixtures" / "nvidia-facts"
+ROOT = Path(__file__).resolve().parents[3]
+FACTS = ROOT / "tests" / "fixtures" / "nvidia-facts"
+DRIVER_ROLE = ROOT / "roles" / "nvidia_driver"
 H100 = (FACTS / "nvidia-smi-q-h100-fabric.txt").read_text()
 STATE_LINE = "        State                             : Completed\n"
 STATUS_LINE = "        Status                            : Success\n"
@@ -116,6 +127,14 @@ KEY = "/var/lib/dkms/mok.pub"
         (1, f"{KEY} is already enrolled\n", "enrolled"),
         # "%s is already in the enrollment request\n" (MokNew: waits for the MOK manager), exit 1.
         (1, f"{KEY} is already in the enrollment request\n", "requested"),
+        # print_skip_message(): "%s is already in db\n" (the firmware's own db trusts it), exit 1.
+        (1, f"{KEY} is already in db\n", "enrolled"),
+        # test_key(): "%s is already in the built-in trusted keyring\n" on stderr, ret -1 (exit 255): the
+        # kernel trusts the key already. The role passes stdout and stderr together.
+        (255, f"{KEY} is already in the built-in trusted keyring\n", "enrolled"),
+        # print_skip_message(): "%s is blocked in dbx\n" / "%s is blocked in MokListXRT\n", exit 1: never trusted.
+        (1, f"{KEY} is blocked in dbx\n", "blocked"),
+        (1, f"{KEY} is blocked in MokListXRT\n", "blocked"),
         # The text decides, not the exit code: exit 1 is also "EFI variables are not supported on this system".
         (1, "EFI variables are not supported on this system\n", "absent"),
         (255, f"Failed to open {KEY}\n", "absent"),
@@ -123,6 +142,165 @@ KEY = "/var/lib/dkms/mok.pub"
 )
 def test_mok_state_from_the_exact_mokutil_messages(rc, output, state):
     assert mok_state(rc, output) == state
+
+
+# --- nvidia-persistenced: the packaged command with persistence mode on ---------------------------
+
+# research §6(c): Ubuntu's nvidia-compute-utils-<branch> unit (its ExecStart line, confirmed by captures;
+# static, no [Install]). The other lines are those of NVIDIA's template (research §6(a)).
+UBUNTU_UNIT = """[Unit]
+Description=NVIDIA Persistence Daemon
+Wants=syslog.target
+
+[Service]
+Type=forking
+ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
+"""
+UBUNTU_PERSISTENT = "/usr/bin/nvidia-persistenced --user nvidia-persistenced --persistence-mode --verbose"
+# research §6(b): Debian 12's nvidia-persistenced 535.171.04-1~deb12u1 (the template with --user nvpd).
+DEBIAN_UNIT = """[Unit]
+Description=NVIDIA Persistence Daemon
+Wants=syslog.target
+
+[Service]
+Type=forking
+ExecStart=/usr/bin/nvidia-persistenced --user nvpd
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
+
+[Install]
+WantedBy=multi-user.target
+"""
+# research §14: NVIDIA/yum-packaging-nvidia-persistenced nvidia-persistenced.service, verbatim (last changed
+# in 32492554, unchanged at fe5d7c89): no user, no --no-persistence-mode.
+RHEL_UNIT = """[Unit]
+Description=NVIDIA Persistence Daemon
+After=syslog.target
+
+[Service]
+Type=forking
+PIDFile=/var/run/nvidia-persistenced/nvidia-persistenced.pid
+Restart=always
+ExecStart=/usr/bin/nvidia-persistenced --verbose
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced/*
+TimeoutSec=300
+
+[Install]
+WantedBy=multi-user.target
+"""
+STANDIN_UNIT = (ROOT / "tests" / "standin" / "files" / "nvidia-persistenced.service").read_text()
+
+
+@pytest.mark.parametrize(
+    ("unit", "command"),
+    [
+        # Ubuntu turns persistence off: the same command (its user kept) with only that flag replaced.
+        (UBUNTU_UNIT, UBUNTU_PERSISTENT),
+        # Debian's and NVIDIA's RHEL units leave persistence on (research §6: it is the daemon's default).
+        (DEBIAN_UNIT, ""),
+        (STANDIN_UNIT, ""),
+        (RHEL_UNIT, ""),
+        # An empty ExecStart= resets the list; the command after it is the one systemd runs.
+        (UBUNTU_UNIT.replace("ExecStart=", "ExecStart=\nExecStart="), UBUNTU_PERSISTENT),
+        ("", ""),
+    ],
+    ids=["ubuntu", "debian12", "standin", "rhel-nvidia", "reset-then-command", "no-unit"],
+)
+def test_persistenced_command_per_packaged_unit(unit, command):
+    assert persistenced_command(unit) == command
+
+
+def test_the_standin_unit_is_debians():
+    # The upgrade scenario's stand-in must behave like research §6(b)'s unit: no drop-in there.
+    assert "ExecStart=/usr/bin/nvidia-persistenced --user nvpd\n" in STANDIN_UNIT
+    assert "--no-persistence-mode" not in STANDIN_UNIT
+
+
+def test_the_filter_exposes_persistenced_command():
+    from ansible_collections.deepseek.cluster.plugins.filter.nvidia_driver import FilterModule
+
+    assert FilterModule().filters()["nvidia_persistenced_command"](UBUNTU_UNIT) == UBUNTU_PERSISTENT
+
+
+def render_dropin(command: str) -> str:
+    """roles/nvidia_driver/templates/persistenced-override.conf.j2 as the template module renders it."""
+    # Ansible's template module: trim_blocks, the trailing newline kept, no HTML escaping (a unit file).
+    env = jinja2.Environment(
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701
+    )
+    source = (DRIVER_ROLE / "templates" / "persistenced-override.conf.j2").read_text()
+    return env.from_string(source).render(
+        __nvidia_driver_persistenced_exec=command, ansible_managed="Ansible managed: do not edit"
+    )
+
+
+def service_lines(text: str) -> list[str]:
+    """Non-comment lines of a unit file from [Service] to the next section."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", ";"))]
+    start = lines.index("[Service]") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+    return lines[start:end]
+
+
+def test_the_rendered_dropin_resets_execstart_then_runs_one_command():
+    text = render_dropin(persistenced_command(UBUNTU_UNIT))
+    assert text.splitlines()[0] == "# Ansible managed: do not edit"
+    execs = [line for line in service_lines(text) if line.split("=", 1)[0].strip() == "ExecStart"]
+    # systemd: an empty assignment clears the list; Type=forking then takes exactly one command.
+    assert execs == ["ExecStart=", f"ExecStart={UBUNTU_PERSISTENT}"]
+    command = execs[1].split("=", 1)[1].split()
+    assert "--persistence-mode" in command
+    assert "--no-persistence-mode" not in command
+    assert command[:3] == ["/usr/bin/nvidia-persistenced", "--user", "nvidia-persistenced"]
+
+
+def _dropin_path() -> str:
+    return yaml.safe_load((DRIVER_ROLE / "vars" / "main.yml").read_text())["__nvidia_driver_persistenced_dropin"]
+
+
+def _systemd_root(tmp: Path, unit: str, dropin: str | None) -> Path:
+    """A root with the packaged unit, what its dependencies need to load, and the drop-in (if any)."""
+    system = tmp / "lib/systemd/system"
+    system.mkdir(parents=True)
+    (system / "nvidia-persistenced.service").write_text(unit)
+    for target in ("sysinit.target", "basic.target", "shutdown.target", "syslog.target", "multi-user.target"):
+        (system / target).write_text(f"[Unit]\nDescription={target}\n")
+    for binary in ("usr/bin/nvidia-persistenced", "bin/rm"):
+        path = tmp / binary
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    if dropin is not None:
+        path = tmp / _dropin_path().lstrip("/")
+        path.parent.mkdir(parents=True)
+        path.write_text(dropin)
+    return tmp
+
+
+def _verify(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "debug", "LC_ALL": "C"}
+    argv = ["systemd-analyze", f"--root={root}", "verify", "nvidia-persistenced.service"]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_loads_the_ubuntu_unit_with_the_rendered_dropin(tmp_path):
+    if _verify(_systemd_root(tmp_path / "control", UBUNTU_UNIT, None)).returncode != 0:
+        pytest.skip("this systemd-analyze cannot verify a unit under --root")
+    result = _verify(_systemd_root(tmp_path / "ours", UBUNTU_UNIT, render_dropin(persistenced_command(UBUNTU_UNIT))))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # systemd's own dump of the loaded unit (debug log): the one command it will run.
+    dumped = re.findall(r"-> ExecStart:\s*\n\s*Command Line: (.*)", result.stdout + result.stderr)
+    if dumped:
+        assert dumped == [UBUNTU_PERSISTENT]
+    # The control that shows this check can fail: without the reset line systemd refuses the unit.
+    plain = f"[Service]\nExecStart={UBUNTU_PERSISTENT}\n"
+    refused = _verify(_systemd_root(tmp_path / "no-reset", UBUNTU_UNIT, plain))
+    assert refused.returncode != 0
+    assert "more than one ExecStart=" in refused.stdout + refused.stderr
 
 
 # --- reboot -------------------------------------------------------------------------------------------

@@ -3,7 +3,12 @@
 from pathlib import Path
 
 import pytest
-from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_host import host_facts, open_module_capable
+from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_host import (
+    host_facts,
+    nvlink5_ports,
+    open_module_capable,
+    peer_memory_supported,
+)
 from conftest import FIXTURES
 
 BANNERS = FIXTURES / "nvidia-host"
@@ -135,3 +140,96 @@ def test_this_machine_answers_without_a_traceback():
     facts = host_facts("/")
     assert facts["gpu_count"] == len(facts["gpus"])
     assert facts["secure_boot"] in {"enabled", "disabled", "unsupported"}
+
+
+# --- NVLink 5 switch management ports and the peer-memory API (research §15, §12) -------------------
+
+
+def vpd(*keywords: tuple[str, str]) -> bytes:
+    """PCI VPD bytes: identifier string (tag 0x82), read-only keywords (tag 0x90), end tag (0x78)."""
+    ident = b"NVIDIA ConnectX-7 adapter"
+    body = b"".join(k.encode() + bytes([len(v)]) + v.encode() for k, v in keywords)
+    return (
+        b"\x82" + len(ident).to_bytes(2, "little") + ident + b"\x90" + len(body).to_bytes(2, "little") + body + b"\x78"
+    )
+
+
+def rdma(root: Path, name: str, data: bytes | None) -> None:
+    """/sys/class/infiniband/<name>/device, with its vpd file when ``data`` is given."""
+    device = root / "sys/class/infiniband" / name / "device"
+    device.mkdir(parents=True)
+    if data is not None:
+        (device / "vpd").write_bytes(data)
+
+
+# gpu-driver-container _assert_nvlink5_system: grep -q "SW_MNG" /sys/class/infiniband/*/device/vpd.
+SWITCH_PORT = vpd(("PN", "MCX750500B-0D00"), ("VA", "MLX:MN=MLNX:CSKU=V2:UUID=V3:PCI=V0:SMDL=SW_MNG"))
+NIC_PORT = vpd(("PN", "MCX755106AS-HEAT"), ("VA", "MLX:MN=MLNX:CSKU=V2:UUID=V3:PCI=V0:MODL=CX755106A"))
+
+
+def hgx_b200(root: Path) -> Path:
+    """A Blackwell HGX board: 8 B200 (0x2901), NVSwitches only behind a ConnectX management port."""
+    for i in range(8):
+        pci(root, f"0000:{0x18 + i * 0x10:02x}:00.0", "0x10de", "0x2901", "0x030200")
+    rdma(root, "mlx5_0", SWITCH_PORT)
+    rdma(root, "mlx5_1", NIC_PORT)
+    return root
+
+
+def test_nvlink5_ports_are_the_rdma_devices_whose_vpd_says_sw_mng(tmp_path):
+    root = hgx_b200(tmp_path)
+    assert b"SW_MNG" in SWITCH_PORT
+    assert b"SW_MNG" not in NIC_PORT
+    assert nvlink5_ports(str(root), ["mlx5_0", "mlx5_1"]) == ["mlx5_0"]
+    # A device without a vpd file (a soft-RoCE rxe0, say) and an unknown name are not switch ports.
+    rdma(root, "rxe0", None)
+    assert nvlink5_ports(str(root), ["rxe0", "mlx5_9"]) == []
+
+
+def test_hgx_b200_switches_come_from_the_management_port(tmp_path):
+    facts = host_facts(str(hgx_b200(tmp_path)), cpu="x86_64")
+    assert facts["gpu_count"] == 8
+    assert facts["nvswitch_present"] is True
+    assert facts["nvswitches"] == ["mlx5_0"]
+    assert facts["nvlink5_switch_ports"] == ["mlx5_0"]
+    # The management port is no network adapter for GPUDirect RDMA.
+    assert facts["infiniband"] == ["mlx5_1"]
+    assert facts["requires_open_modules"] is True
+
+
+def test_hgx_h100_keeps_its_pci_nvswitches_and_every_rdma_device(tmp_path):
+    root = hgx_h100(tmp_path)
+    rdma(root, "mlx5_0", NIC_PORT)
+    facts = host_facts(str(root), cpu="x86_64")
+    assert facts["nvswitches"] == ["0000:05:00.0", "0000:06:00.0", "0000:07:00.0", "0000:08:00.0"]
+    assert facts["nvlink5_switch_ports"] == []
+    assert facts["infiniband"] == ["mlx5_0"]
+
+
+KALLSYMS_MOFED = (
+    "ffffffffc0a10000 t ib_uverbs_open\t[ib_uverbs]\n"
+    "ffffffffc08f3c20 T ib_register_peer_memory_client\t[ib_core]\n"
+    "ffffffffc08f3d90 T ib_unregister_peer_memory_client\t[ib_core]\n"
+    "ffffffffc08e1000 T ib_register_client\t[ib_core]\n"
+)
+# An inbox kernel's ib_core exports no peer-memory API (research §12: conftest.sh ib_peer_memory_symbols).
+KALLSYMS_INBOX = "ffffffffc08e1000 T ib_register_client\t[ib_core]\nffffffffc08e2000 T ib_register_device\t[ib_core]\n"
+
+
+@pytest.mark.parametrize(
+    ("kallsyms", "supported"),
+    [
+        (KALLSYMS_MOFED, True),
+        (KALLSYMS_INBOX, False),
+        # Only the unregister half: not the symbol nvidia-peermem registers with.
+        ("ffffffffc08f3d90 T ib_unregister_peer_memory_client\t[ib_core]\n", False),
+        (None, False),  # no proc/kallsyms at all
+    ],
+    ids=["mofed", "inbox", "unregister-only", "missing"],
+)
+def test_peer_memory_supported_from_kallsyms(tmp_path, kallsyms, supported):
+    if kallsyms is not None:
+        (tmp_path / "proc").mkdir()
+        (tmp_path / "proc/kallsyms").write_text(kallsyms)
+    assert peer_memory_supported(str(tmp_path)) is supported
+    assert host_facts(str(tmp_path), cpu="x86_64")["peer_memory_supported"] is supported

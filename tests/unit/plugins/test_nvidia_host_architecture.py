@@ -161,6 +161,9 @@ def test_host_facts_of_a_gb200_tray(tmp_path):
     assert facts["requires_open_modules"]
     assert facts["infiniband"] == ["mlx5_0", "mlx5_1"]
     assert infiniband(str(tmp_path)) == ["mlx5_0", "mlx5_1"]
+    # No VPD with SW_MNG (research §15): both are network ports, no NVLink switch is managed from here.
+    assert facts["nvlink5_switch_ports"] == []
+    assert not facts["nvswitch_present"]
 
 
 def test_infiniband_devices_are_sorted_whatever_the_directory_order(tmp_path, monkeypatch):

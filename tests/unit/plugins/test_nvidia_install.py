@@ -5,9 +5,14 @@ Fixtures (tests/fixtures/nvidia-facts/, each says on its first line how it was m
   source lines (cuda-keyring's cuda-debian12-x86_64.list, the container toolkit's list with $(ARCH)),
   the collection's own deb822 file, a Debian 12 installer-style sources.list and a file:// mirror.
 - apt-simulate-debian12-*.txt: real ``apt-get install --simulate`` runs against deb.debian.org.
+- apt-signed-by-conflict-stderr*.txt: apt 2.6.1's real stderr for two files giving one URI two Signed-By
+  values, in the C locale and in German (research §13); regenerated live where apt-get exists.
 Facts about dnf come from research §9 (rpm-software-management/dnf, dnf-plugins-core sources).
 """
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_install im
     InstallError,
     apt_simulate_argv,
     apt_source_plan,
+    conflict_uri,
     debian_nonfree,
     dnf_dry_run_argv,
     dnf_dry_run_failed,
@@ -30,6 +36,7 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_install im
     parse_indextargets,
     pinned_specs,
     resolve_target,
+    same_branch,
     simulation_problems,
 )
 from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_packages import (
@@ -119,6 +126,97 @@ def test_the_conflict_repair_filter_names_the_collections_own_file():
     assert own("cuda") == apt_source_plan(cuda_repository("Debian", "12", "x86_64"), [])["path"]
     # The file apt_source_plan compares against: NVIDIA's cuda-keyring list is another file.
     assert own("cuda") != CUDA_KEYRING_LIST
+
+
+TOOLKIT_AMD64 = "https://nvidia.github.io/libnvidia-container/stable/deb/amd64/"
+# research §13: apt's exact line (Debian/apt debmetaindex.cc SetSignedBy, "Conflicting values set for
+# option %s regarding source %s %s: %s != %s" with URI, suite, the first and the second Signed-By).
+APT_CONFLICT = (
+    "E: Conflicting values set for option Signed-By regarding source "
+    f"{TOOLKIT_AMD64} /: /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg != "
+    "/etc/apt/keyrings/nvidia-container-toolkit.asc"
+)
+
+
+def test_the_captured_conflict_is_apts_format():
+    assert APT_CONFLICT in lines("apt-signed-by-conflict-stderr.txt")
+
+
+@pytest.mark.parametrize(
+    ("stderr", "uri"),
+    [
+        (APT_CONFLICT + "\nE: The list of sources could not be read.\n", TOOLKIT_AMD64),
+        ("\n".join(lines("apt-signed-by-conflict-stderr.txt")), TOOLKIT_AMD64),
+        # A suite repository and a file: mirror, as apt 2.6.1 prints them (a file:///srv/... line reads
+        # file:/srv/..., research §13).
+        (
+            "E: Conflicting values set for option Signed-By regarding source http://deb.debian.org/debian/ "
+            "bookworm: /usr/share/keyrings/debian-archive-keyring.gpg != /etc/apt/keyrings/x.gpg",
+            "http://deb.debian.org/debian/",
+        ),
+        (
+            "E: Conflicting values set for option Signed-By regarding source file:/srv/mirror/cuda/ /: "
+            "/a.gpg != /b.gpg",
+            "file:/srv/mirror/cuda/",
+        ),
+        # No conflict: nothing to repair.
+        ("", ""),
+        ("W: Target Packages (Packages) is configured multiple times in a.list:1 and b.sources:1\n", ""),
+        # Another option's conflict is not a Signed-By one.
+        ("E: Conflicting values set for option Trusted regarding source https://example.invalid/ /", ""),
+    ],
+    ids=["apt-line", "captured", "suite", "file-mirror", "empty", "warning-only", "other-option"],
+)
+def test_conflict_uri(stderr, uri):
+    assert conflict_uri(stderr) == uri
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get")
+def test_conflict_uri_on_apts_live_stderr(tmp_path):
+    # The guide's list and the collection's deb822 file for the same URI, in a private SourceParts.
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "nvidia-container-toolkit.list").write_text(
+        "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg]"
+        " https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"
+    )
+    (tmp_path / "nvidia-container-toolkit.sources").write_text(
+        "Types: deb\nURIs: https://nvidia.github.io/libnvidia-container/stable/deb/amd64\nSuites: /\n"
+        "Signed-By: /etc/apt/keyrings/nvidia-container-toolkit.asc\n"
+    )
+    options = {
+        "Dir::Etc::SourceList": "/dev/null",
+        "Dir::Etc::SourceParts": str(tmp_path),
+        "Dir::State::Lists": str(tmp_path / "lists"),
+        "APT::Architecture": "amd64",
+    }
+    argv = ["apt-get"] + [a for k, v in options.items() for a in ("-o", f"{k}={v}")]
+    argv += ["indextargets", "--no-release-info", "--format", INDEXTARGETS_FORMAT]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C"})
+    assert result.returncode != 0
+    assert APT_CONFLICT in result.stderr.splitlines()
+    assert conflict_uri(result.stderr) == TOOLKIT_AMD64
+    # Without the collection's file apt reads the guide's list, and there is nothing to repair.
+    (tmp_path / "nvidia-container-toolkit.sources").unlink()
+    clean = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C"})
+    assert clean.returncode == 0, clean.stderr
+    assert conflict_uri(clean.stderr) == ""
+
+
+def _repository_task(name_part: str) -> dict:
+    return next(t for t in _tasks("repository.yml") if name_part in str(t.get("name")))
+
+
+def test_the_conflict_is_read_in_a_locale_conflict_uri_understands():
+    german = "\n".join(lines("apt-signed-by-conflict-stderr-de.txt"))
+    assert "Widersprüchliche Werte gesetzt für Option Signed-By" in german
+    env = _repository_task("List the apt sources the host already has").get("environment") or {}
+    # gettext ignores LANGUAGE only in the C/POSIX locale: under LC_ALL=C.UTF-8 a host's LANGUAGE=de still
+    # translates apt (research §13), so C.UTF-8 counts only with LANGUAGE pinned as well.
+    untranslated = str(env.get("LC_ALL")) in ("C", "POSIX") or (
+        str(env.get("LC_ALL")).lower() in ("c.utf-8", "c.utf8")
+        and str(env.get("LANGUAGE")) in ("C", "C.UTF-8", "C.utf8")
+    )
+    assert untranslated or conflict_uri(german) == TOOLKIT_AMD64
 
 
 def test_another_uri_or_suite_is_written():
@@ -340,6 +438,34 @@ def test_resolve_target_cases():
     with pytest.raises(InstallError, match=r"several versions \(580.82.07, 580.95.05\).*version variable"):
         resolve_target("", versioned, {"a": "580.95.05", "b": "580.82.07"}, {})
     assert resolve_target("", versioned, {"a": "580.95.05", "b": "580.95.05"}, {"a": "580.105.08"}) == "580.95.05"
+
+
+def test_same_branch_keeps_only_the_branch_asked_for():
+    installed = {"a": "580.95.05", "b": "590.44.01"}
+    assert same_branch(installed, "580.") == {"a": "580.95.05"}
+    assert same_branch(installed, "590.") == {"b": "590.44.01"}
+    # No branch asked for: everything installed counts.
+    assert same_branch(installed, "") == installed
+    # The prefix is the branch and its dot (nvidia_driver passes "<branch>."): 58 is no prefix of 580.
+    assert same_branch({"a": "580.95.05"}, "58.") == {}
+    assert same_branch({}, "580.") == {}
+
+
+def test_a_branch_change_resolves_to_the_new_branch():
+    # Installed 580, asked for 590 without a version: the old branch's packages do not hold the target.
+    versioned = ["nvidia-utils", "libnvidia-compute"]
+    installed = {"nvidia-utils": "580.95.05", "libnvidia-compute": "580.95.05"}
+    planned = {"nvidia-utils": "590.44.01", "libnvidia-compute": "590.44.01"}
+    assert resolve_target("", versioned, installed, planned) == "580.95.05"
+    assert resolve_target("", versioned, same_branch(installed, "590."), planned) == "590.44.01"
+
+
+def test_the_filters_expose_conflict_uri_and_same_branch():
+    from ansible_collections.deepseek.cluster.plugins.filter.nvidia_install import FilterModule
+
+    filters = FilterModule().filters()
+    assert filters["nvidia_conflict_uri"](APT_CONFLICT) == TOOLKIT_AMD64
+    assert filters["nvidia_same_branch"]({"a": "580.95.05", "b": "590.44.01"}, "580.") == {"a": "580.95.05"}
 
 
 def test_pinned_specs_apt_and_dnf():

@@ -143,19 +143,6 @@ def test_debian12_distro_refuses_r580_and_names_the_way_out():
         driver_selection("Debian", "12", "distro", "", "580", "open")
 
 
-def test_persistenced_user_per_packaging():
-    # research §6(b): Debian's own package runs it as nvpd (its postinst creates that user); §6(c): Ubuntu's
-    # as nvidia-persistenced; NVIDIA's yum-packaging-nvidia-persistenced unit: --user nvidia-persistenced.
-    assert driver_selection("Debian", "12", "distro", "", "535", "open")["persistenced_user"] == "nvpd"
-    assert driver_selection("Debian", "12", "local_mirror", "distro", "535", "open")["persistenced_user"] == "nvpd"
-    # NVIDIA's debian12 packages follow Debian's packaging (the code's premise). research §6(a) could not
-    # read what NVIDIA's CUDA-repository .deb installs: unconfirmed by a capture.
-    assert driver_selection("Debian", "12", "cuda_repo", "", "580", "open")["persistenced_user"] == "nvpd"
-    assert driver_selection("Debian", "12", "local_mirror", "cuda_repo", "580", "open")["persistenced_user"] == "nvpd"
-    assert driver_selection("Ubuntu", "24", "distro", "", "580", "open")["persistenced_user"] == "nvidia-persistenced"
-    assert driver_selection("Rocky", "9", "cuda_repo", "", "580", "open")["persistenced_user"] == "nvidia-persistenced"
-
-
 # --- Ubuntu's own packages: -server branches, precompiled modules ------------------------------
 
 
@@ -370,6 +357,24 @@ def test_ubuntu_cuda_repo_r570_fabric_manager_keeps_the_branch_suffix():
     assert not any(p.startswith("nvidia-driver-pinning") for p in sel["userspace"])
 
 
+@pytest.mark.parametrize(("modules", "kmod"), [("open", "nvidia-dkms-open"), ("proprietary", "nvidia-dkms")])
+def test_ubuntu_cuda_repo_r590_names_carry_no_branch(modules, kmod):
+    # research §16: from R590 NVIDIA's Ubuntu packages drop the branch ("libnvidia-compute-580 ->
+    # libnvidia-compute", "nvidia-dkms-580-open -> nvidia-dkms-open"); the pinning package picks the branch.
+    sel = driver_selection("Ubuntu", "24", "cuda_repo", "", "590", modules, kernel=KERNEL)
+    assert sel["userspace"] == ["nvidia-utils", "libnvidia-compute", "nvidia-compute-utils"]
+    assert sel["kernel"] == [kmod]
+    assert not any(re.search(r"-5\d\d(-|$)", n) for n in sel["userspace"] + sel["kernel"])
+    assert sel["fabricmanager"] == ["nvidia-fabricmanager", "libnvidia-nscq"]  # "no change" in the same table
+    # Unbranched names resolve to any branch: only the pinning package, installed first, holds 590.
+    assert sel["pre_install"] == ["nvidia-driver-pinning-590"]
+    assert sel["versioned"] == sel["userspace"] + sel["kernel"] + sel["fabricmanager"]
+    assert sel["headers"] == [f"linux-headers-{KERNEL}", "linux-headers-generic"]
+    pinned = driver_selection("Ubuntu", "22", "cuda_repo", "", "590", modules, version="590.44.01", kernel=KERNEL)
+    assert pinned["pre_install"] == ["nvidia-driver-pinning-590.44.01"]
+    assert pinned["userspace"] == sel["userspace"]
+
+
 def test_debian12_cuda_repo_names():
     sel = driver_selection("Debian", "12", "cuda_repo", "", "580", "open", kernel="6.1.0-27-amd64")
     assert sel["kernel"] == ["nvidia-kernel-open-dkms"]
@@ -409,6 +414,24 @@ def test_rhel9_fabric_manager_names_before_and_from_r580(branch, fabric):
     sel = driver_selection("Rocky", "9", "cuda_repo", "", branch, "open")
     assert sel["fabricmanager"] == fabric
     assert sel["versioned"][-2:] == fabric
+
+
+def test_rhel9_cuda_repo_before_r560_is_refused_naming_560():
+    # research §16: NVIDIA's RHEL packages named the NVML library nvidia-driver-NVML up to R550
+    # (gpu-driver-container e087e09: "After driver version 550, the nvidia-driver-NVML package has been
+    # replaced by libnvidia-ml"); the selection installs libnvidia-ml.
+    with pytest.raises(SelectionError, match=r"nvidia_driver_branch 550\b.*nvidia_driver_branch 560 or newer"):
+        driver_selection("Rocky", "9", "cuda_repo", "", "550", "open")
+    with pytest.raises(SelectionError, match=r"nvidia_driver_branch 535: .*NVML.*560 or newer"):
+        driver_selection("RedHat", "9", "local_mirror", "cuda_repo", "535", "proprietary")
+
+
+@pytest.mark.parametrize("branch", ["560", "570", "580"])
+def test_rhel9_cuda_repo_from_r560_installs_libnvidia_ml(branch):
+    sel = driver_selection("Rocky", "9", "cuda_repo", "", branch, "open")
+    assert "libnvidia-ml" in sel["userspace"]
+    assert "nvidia-driver-NVML" not in sel["versioned"]
+    assert sel["dnf_module"] == f"nvidia-driver:{branch}-open"
 
 
 def test_rhel9_proprietary_stream():
@@ -675,6 +698,40 @@ def test_cuda_older_than_the_gpu_architecture_is_refused():
 )
 def test_cuda_new_enough_for_the_gpu_architecture_is_accepted(dist, major, source, version, branch, arches):
     assert cuda_selection(dist, major, source, "", version, "toolkit", False, branch, arches)["version"]
+
+
+def test_cuda_13_is_refused_for_gpus_older_than_turing_naming_12():
+    # research §2: CUDA 13.0 dropped Maxwell, Pascal and Volta (sm_5x, sm_6x, sm_70/72); CUDA 12 is their
+    # last major. nvidia_host_facts calls them "pre-turing".
+    with pytest.raises(SelectionError, match=r"CUDA 13\.0 .*older than Turing.*12\.x"):
+        cuda_selection("Ubuntu", "24", "cuda_repo", "", "13.0", "toolkit", False, "580", ["pre-turing"])
+    # The default of R580 is 13.0 (BRANCH_CUDA): refused the same way, not silently installed.
+    with pytest.raises(SelectionError, match=r"12\.x"):
+        cuda_selection("Ubuntu", "24", "cuda_repo", "", "", "toolkit", False, "580", ["pre-turing"])
+    # One old GPU among new ones is enough.
+    with pytest.raises(SelectionError, match=r"12\.x"):
+        cuda_selection("RedHat", "9", "cuda_repo", "", "13.0", "toolkit", False, "580", ["hopper", "pre-turing"])
+
+
+@pytest.mark.parametrize(
+    ("version", "branch", "arches"),
+    [
+        ("12.8", "580", ["pre-turing"]),
+        ("12.9", "575", ["pre-turing"]),
+        # Blackwell needs 12.8, Volta ends at 12.x: a mixed host has exactly the 12.8-12.x window.
+        ("12.8", "570", ["blackwell", "pre-turing"]),
+    ],
+)
+def test_cuda_12_is_accepted_for_gpus_older_than_turing(version, branch, arches):
+    assert cuda_selection("Ubuntu", "24", "cuda_repo", "", version, "toolkit", False, branch, arches)["version"] == (
+        version
+    )
+
+
+def test_cuda_distro_11_is_accepted_for_gpus_older_than_turing():
+    assert (
+        cuda_selection("Debian", "12", "distro", "", "", "toolkit", False, "535", ["pre-turing"])["version"] == "11.8"
+    )
 
 
 # --- container toolkit ------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 def test_the_set_is_installed_at_one_version(host):
     jq = host.package("jq")
     libjq = host.package("libjq1")
-    assert jq.is_installed and libjq.is_installed
+    assert jq.is_installed
+    assert libjq.is_installed
     assert jq.version.split("-")[0] == libjq.version.split("-")[0]
 
 
