@@ -222,7 +222,7 @@ def dnf_module_commands(wanted: str, enabled: list[str]) -> list[list[str]]:
     """
     if not wanted:
         return []
-    module, _, stream = wanted.partition(":")
+    module, _sep, stream = wanted.partition(":")
     if enabled == [stream]:
         return []
     commands = [["dnf", "module", "reset", "-y", module]] if enabled else []

@@ -4,7 +4,6 @@
 # Fails when the tarball misses a file the content needs, or carries test/lab artefacts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
 WORK=$(mktemp -d)
 HOST=deepseek-collection-test
 cleanup() { docker rm -f "$HOST" >/dev/null 2>&1 || true; rm -rf "$WORK"; }

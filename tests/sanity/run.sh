@@ -21,7 +21,7 @@ print(re.search(r"pip='([0-9.]+)'", src).group(1))
 PY
 )
 mkdir -p ~/.ansible/test/cache
-cp tests/sanity/get_pip_offline.py ~/.ansible/test/cache/get_pip_${PIP_VERSION//./_}.py
+cp tests/sanity/get_pip_offline.py "$HOME/.ansible/test/cache/get_pip_${PIP_VERSION//./_}.py"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 DEST="$WORK/ansible_collections/deepseek/cluster"

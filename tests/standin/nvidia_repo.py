@@ -324,7 +324,7 @@ def build(indexes: Sequence[Path], out: Path, stage: int = 1, key_dir: Path | No
     pool = out / "pool"
     pool.mkdir(parents=True, exist_ok=True)
     built = [build_deb(entry, pool) for entry in packages]
-    clean_pool(pool, {deb.name for deb, _ in built})
+    clean_pool(pool, {deb.name for deb, _entry in built})
     ordered = sorted(built, key=lambda item: item[0].name)
     write_indexes([packages_stanza(stanza, deb, out) for deb, stanza in ordered], out)
     (out / "Release").write_text(release_text(out))

@@ -69,14 +69,14 @@ def expected(product: str) -> str | None:
 def test_the_table_is_complete():
     # research §1: 825 rows, 289 distinct device ids, 0x2342 three times.
     assert len(ROWS) == 825
-    assert len({d for d, _ in ROWS}) == 289
-    assert sum(1 for d, _ in ROWS if d == "0x2342") == 3
+    assert len({d for d, _name in ROWS}) == 289
+    assert sum(1 for d, _name in ROWS if d == "0x2342") == 3
 
 
 def test_every_row_is_classified_by_the_keywords_or_an_exception():
-    unclassified = sorted({p for _, p in ROWS if expected(p) is None})
+    unclassified = sorted({p for _dev, p in ROWS if expected(p) is None})
     assert unclassified == [], f"rows the keyword map cannot classify: {unclassified}"
-    unused = sorted(set(EXCEPTIONS) - {p for _, p in ROWS})
+    unused = sorted(set(EXCEPTIONS) - {p for _dev, p in ROWS})
     assert unused == [], f"exceptions that match no row: {unused}"
 
 
@@ -87,7 +87,7 @@ def test_every_row_of_the_table_agrees_with_its_product_name():
 
 def test_every_table_id_runs_the_open_modules():
     # The README: "can be used on any Turing or later GPU" -- none of the table is pre-Turing.
-    assert {architecture(d) for d, _ in ROWS} == {"turing", "ampere", "ada", "hopper", "blackwell"}
+    assert {architecture(d) for d, _name in ROWS} == {"turing", "ampere", "ada", "hopper", "blackwell"}
 
 
 @pytest.mark.parametrize(

@@ -280,7 +280,7 @@ def test_every_transitional_server_branch_of_the_archive_is_refused(release, bra
 
 
 def test_the_archive_fixture_has_the_transitional_branches_the_tests_rely_on():
-    cases = {(r, b) for r, b, _ in _transitional_branches()}
+    cases = {(r, b) for r, b, _final in _transitional_branches()}
     assert {("jammy", "570"), ("noble", "570"), ("jammy", "535"), ("noble", "550")} <= cases
     assert ("noble", "580") not in cases
 
