@@ -26,9 +26,9 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_driver_che
     persistenced_command,
     reboot_plan,
 )
+from conftest import NVIDIA_FACTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
-FACTS = ROOT / "tests" / "fixtures" / "nvidia-facts"
+FACTS = NVIDIA_FACTS
 DRIVER_ROLE = ROOT / "roles" / "nvidia_driver"
 H100 = (FACTS / "nvidia-smi-q-h100-fabric.txt").read_text()
 STATE_LINE = "        State                             : Completed\n"

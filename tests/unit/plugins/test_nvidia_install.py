@@ -13,7 +13,6 @@ Facts about dnf come from research §9 (rpm-software-management/dnf, dnf-plugins
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -48,9 +47,9 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_packages i
     mirror_repository,
     repository,
 )
+from conftest import NVIDIA_FACTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
-FACTS = ROOT / "tests" / "fixtures" / "nvidia-facts"
+FACTS = NVIDIA_FACTS
 FLOW = ROOT / "roles" / "nvidia_packages" / "tasks"
 CUDA_KEYRING_LIST = "/etc/apt/sources.list.d/cuda-debian12-x86_64.list"
 TOOLKIT_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"

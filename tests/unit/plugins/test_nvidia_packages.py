@@ -27,10 +27,10 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_packages i
     repository,
     upstream_version,
 )
+from conftest import FIXTURES, NVIDIA_FACTS
 
 KERNEL = "6.8.0-49-generic"
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-FACTS = FIXTURES / "nvidia-facts"
+FACTS = NVIDIA_FACTS
 UBUNTU_RELEASE = {"22": "jammy", "24": "noble"}
 
 
