@@ -4,7 +4,8 @@
 
 triton_pbtxt turns a ModelConfig described as data into config.pbtxt text (module_utils/triton_config);
 triton_llmapi_model_yaml and triton_llmapi_config give the llmapi layout's model.yaml and config.pbtxt
-data for DeepSeek-V3/R1 (module_utils/triton_layouts); triton_manifest, triton_manifest_dirs and
+data for DeepSeek-V3/R1 (module_utils/triton_layouts); triton_llmapi_tensors gives the llmapi model's recorded
+tensors (module_utils/llmapi_interface); triton_manifest, triton_manifest_dirs and
 triton_stale_versions read artifact manifests and pick old versions to remove (module_utils/triton_artifacts);
 triton_launch_argv and triton_plan_role render the container launch from the placement plan (triton_launch);
 triton_engine_placeholders and triton_engine_config fill the engine layout's templates (triton_engine).
@@ -16,6 +17,7 @@ import re
 from typing import Any, Callable
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.deepseek.cluster.plugins.module_utils.llmapi_interface import tensors
 from ansible_collections.deepseek.cluster.plugins.module_utils.triton_artifacts import (
     ArtifactError,
     manifest_dirs,
@@ -63,6 +65,14 @@ def triton_llmapi_model_yaml(
 def triton_llmapi_config(name: str, decoupled: bool = True) -> dict[str, Any]:
     """config.pbtxt data of the llmapi model served as ``name``."""
     return llmapi_config(name, decoupled)
+
+
+def triton_llmapi_tensors(kind: str) -> list[dict[str, Any]]:
+    """The llmapi model's recorded ``input`` or ``output`` tensors as config.pbtxt data (llmapi_interface)."""
+    try:
+        return tensors(kind)
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
 
 
 def triton_manifest(text: str) -> list[dict[str, str]]:
@@ -156,6 +166,7 @@ class FilterModule:
             "triton_pbtxt": triton_pbtxt,
             "triton_llmapi_model_yaml": triton_llmapi_model_yaml,
             "triton_llmapi_config": triton_llmapi_config,
+            "triton_llmapi_tensors": triton_llmapi_tensors,
             "triton_manifest": triton_manifest,
             "triton_manifest_dirs": triton_manifest_dirs,
             "triton_stale_versions": triton_stale_versions,
