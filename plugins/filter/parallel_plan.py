@@ -55,8 +55,27 @@ options:
     type: bool
     default: false
   socket_ifname:
-    description: C(NCCL_SOCKET_IFNAME) when the NIC to interface map is unknown.
+    description:
+      - C(NCCL_SOCKET_IFNAME) on every host (NCCL's bootstrap and socket interface); it wins over the interfaces
+        derived from the RDMA devices. Same as O(nccl_env.NCCL_SOCKET_IFNAME).
     type: str
+  nccl_env:
+    description:
+      - The operator's C(NCCL_*) variables for every host; they win over the derived ones
+        (C(NCCL_P2P_LEVEL), C(NCCL_IB_HCA), C(NCCL_SOCKET_IFNAME)).
+      - A host's own C(nccl_env) in O(hosts) wins over these.
+    type: dict
+  hosts:
+    description:
+      - Per host (by name) what the topology does not say, as playbooks/plan.yml fills it from the inventory
+        and the gathered network facts. Not a request option, so it is not part of the returned C(request).
+      - C(site) (C(deepseek_site)) and C(fabric) (C(deepseek_fabric)); an instance never spans two sites or two fabrics.
+      - C(address) (C(deepseek_fabric_address)), the address mpirun reaches the host at; without it the address
+        of the C(NCCL_SOCKET_IFNAME) interface, C(default_address) (the default IPv4), C(ansible_host), and last
+        the inventory name with a warning.
+      - C(nccl_env), this host's C(NCCL_*) (C(parallel_plan_nccl_env)); C(interfaces), interface name to address
+        from gathered facts (an RDMA device's interface is used for C(NCCL_SOCKET_IFNAME) only when it has one).
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -65,12 +84,23 @@ EXAMPLES = r"""
     plan: >-
       {{ dict(groups['gpu_nodes'] | zip(groups['gpu_nodes'] | map('extract', hostvars, 'gpu_topology')))
          | deepseek.cluster.parallel_plan(tensor_parallel_size=8, moe_expert_parallel_size=8) }}
+
+- name: Plan TP16 over two 8-GPU hosts, each instance inside one site and fabric, mpirun over fabric addresses
+  ansible.builtin.set_fact:
+    plan: >-
+      {{ topologies | deepseek.cluster.parallel_plan({'tensor_parallel_size': 16, 'moe_expert_parallel_size': 8},
+           hosts={'gpu-a01': {'site': 'primary', 'address': '10.30.0.11'},
+                  'gpu-a02': {'site': 'primary', 'address': '10.30.0.12'}}) }}
 """
 
 RETURN = r"""
 _value:
-  description: The plan, C(request), C(world_size), C(instances) (each with C(parts) per host, C(ranks),
-    C(tp_groups), C(moe_ep_groups), C(mpi_hosts), C(nvlink)), C(unused_gpus) and C(warnings).
+  description:
+    - The plan, C(request), C(world_size), C(instances), C(unused_gpus) and C(warnings).
+    - Each instance has C(parts) (one per host, with C(env), C(address), C(site), C(fabric)), C(hosts), C(addresses),
+      C(mpi_hosts) (C(address:slots,...)), C(ranks) (rank, host, gpu, local_rank, tp_rank, pp_rank, moe_tp_rank,
+      moe_ep_rank, attention_dp_rank), and the rank groups of TensorRT-LLM's Mapping, C(tp_groups),
+      C(pp_groups), C(moe_tp_groups), C(moe_ep_groups), C(attention_tp_groups), C(attention_dp_size), and C(nvlink).
   type: dict
 """
 
@@ -84,14 +114,22 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.parallel_plan imp
 )
 
 
-def parallel_plan(topologies: dict[str, Any], request: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
-    """Return the placement for `request` (dict) and/or keyword options over {host: topology facts}."""
+def parallel_plan(
+    topologies: dict[str, Any],
+    request: dict[str, Any] | None = None,
+    hosts: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Return the placement for `request` (dict) and/or keyword options over {host: topology facts}.
+
+    `hosts` gives each host's site, fabric, address and NCCL settings (module_utils/parallel_plan.HOST_DEFAULTS).
+    """
     if not isinstance(topologies, dict):
         raise AnsibleFilterError("parallel_plan expects a mapping of host to gpu_topology facts")
     merged = dict(request or {})
     merged.update(options)
     try:
-        return plan(topologies, merged)
+        return plan(topologies, merged, hosts)
     except PlanError as err:
         raise AnsibleFilterError(f"parallel_plan: {err}") from err
 
