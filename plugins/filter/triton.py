@@ -3,8 +3,10 @@
 """Filters for Triton Inference Server model repositories.
 
 triton_pbtxt turns a ModelConfig described as data into config.pbtxt text (module_utils/triton_config);
-triton_llmapi_model_yaml and triton_llmapi_config give the llmapi layout's model.yaml and config.pbtxt
-data for DeepSeek-V3/R1 (module_utils/triton_layouts); triton_llmapi_tensors gives the llmapi model's recorded
+triton_llmapi_model_yaml gives the llmapi layout's model.yaml for DeepSeek-V3/R1, triton_llmapi_image_config
+its config.pbtxt text derived from the image's own llmapi config.pbtxt, and triton_llmapi_config the same as
+data from the recorded interface when no image file is at hand (module_utils/triton_layouts);
+triton_llmapi_tensors gives the llmapi model's recorded
 tensors (module_utils/llmapi_interface); triton_manifest, triton_manifest_dirs and
 triton_stale_versions read artifact manifests and pick old versions to remove (module_utils/triton_artifacts);
 triton_launch_argv and triton_plan_role render the container launch from the placement plan (triton_launch);
@@ -17,6 +19,7 @@ import re
 from typing import Any, Callable
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.deepseek.cluster.plugins.module_utils.llmapi_interface import tensors
 from ansible_collections.deepseek.cluster.plugins.module_utils.triton_artifacts import (
     ArtifactError,
@@ -40,6 +43,7 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.triton_launch imp
 from ansible_collections.deepseek.cluster.plugins.module_utils.triton_layouts import (
     LayoutError,
     llmapi_config,
+    llmapi_image_config,
     llmapi_model_yaml,
 )
 
@@ -62,9 +66,40 @@ def triton_llmapi_model_yaml(
         raise AnsibleFilterError(str(exc)) from exc
 
 
+def _bool(value: Any, what: str) -> bool:
+    try:
+        return boolean(value, strict=True)
+    except TypeError as exc:
+        raise AnsibleFilterError(f"{what} must be true or false, got {value!r}") from exc
+
+
 def triton_llmapi_config(name: str, decoupled: bool = True) -> dict[str, Any]:
-    """config.pbtxt data of the llmapi model served as ``name``."""
-    return llmapi_config(name, decoupled)
+    """config.pbtxt data of the llmapi model served as ``name``, from the recorded interface (no image file)."""
+    try:
+        return llmapi_config(name, _bool(decoupled, "decoupled"))
+    except LayoutError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
+def triton_llmapi_image_config(
+    image_text: str,
+    name: str,
+    decoupled: bool,
+    version_policy: dict[str, Any],
+    parameters: dict[str, Any] | None = None,
+) -> str:
+    """config.pbtxt text for the llmapi model ``name``, derived from the image's llmapi/tensorrt_llm/config.pbtxt.
+
+    The image's file is parsed; name, ``max_batch_size: 0``, the decoupled transaction policy, ``version_policy``
+    and ``parameters`` (strings, on top of the image's) are set; its inputs and outputs are kept, checked
+    (text_input, text_output, unique names) and completed with any output one of its inputs asks for
+    (module_utils/triton_layouts.derive_llmapi_config). Validated against Triton's ModelConfig protobuf when
+    tritonclient is installed on the controller.
+    """
+    try:
+        return llmapi_image_config(image_text, name, _bool(decoupled, "decoupled"), version_policy, parameters)
+    except LayoutError as exc:
+        raise AnsibleFilterError(f"triton_llmapi_image_config: {exc}") from exc
 
 
 def triton_llmapi_tensors(kind: str) -> list[dict[str, Any]]:
@@ -166,6 +201,7 @@ class FilterModule:
             "triton_pbtxt": triton_pbtxt,
             "triton_llmapi_model_yaml": triton_llmapi_model_yaml,
             "triton_llmapi_config": triton_llmapi_config,
+            "triton_llmapi_image_config": triton_llmapi_image_config,
             "triton_llmapi_tensors": triton_llmapi_tensors,
             "triton_manifest": triton_manifest,
             "triton_manifest_dirs": triton_manifest_dirs,

@@ -80,6 +80,43 @@ REQUESTS_OUTPUT: dict[str, str] = {
 }
 
 
+# The performance outputs that ``sampling_param_return_perf_metrics`` asks for: ``1/model.py``
+# ``_create_response`` sends all of them together when the request's output carries perf metrics (TensorRT-LLM
+# triton_backend/all_models/llmapi/tensorrt_llm/1/model.py @ 044a90d209e380c95e23e8ae42f3583fa05ada78).
+PERF_METRICS_INPUT = "sampling_param_return_perf_metrics"
+PERF_METRICS_OUTPUTS: tuple[str, ...] = (
+    "kv_cache_reused_block",
+    "kv_cache_hit_rate",
+    "kv_cache_alloc_new_blocks",
+    "kv_cache_alloc_total_blocks",
+    "kv_cache_missed_block",
+    "arrival_time_ns",
+    "first_scheduled_time_ns",
+    "first_token_time_ns",
+    "last_token_time_ns",
+    "acceptance_rate",
+    "total_accepted_draft_tokens",
+    "total_draft_tokens",
+)
+
+
+def outputs_asked_by(input_name: str) -> tuple[str, ...]:
+    """The outputs the model sends when a request sets ``input_name`` (none for other inputs)."""
+    if input_name in REQUESTS_OUTPUT:
+        return (REQUESTS_OUTPUT[input_name],)
+    if input_name == PERF_METRICS_INPUT:
+        return PERF_METRICS_OUTPUTS
+    return ()
+
+
+def output_record(name: str) -> dict[str, Any]:
+    """The recorded declaration of output ``name`` as config.pbtxt data (KeyError for an unknown one)."""
+    for n, t, d in OUTPUTS:
+        if n == name:
+            return {"name": n, "data_type": t, "dims": list(d)}
+    raise KeyError(name)
+
+
 def tensors(kind: str) -> list[dict[str, Any]]:
     """``input`` or ``output`` as config.pbtxt data (the shape ``triton_pbtxt`` writes)."""
     if kind == "input":
