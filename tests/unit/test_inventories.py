@@ -64,3 +64,19 @@ def test_lab_hosts_are_reached_over_ssh_with_recorded_host_keys():
     config = (ROOT / "ansible.cfg").read_text()
     assert "host_key_checking" not in config
     assert re.search(r"(?m)^pipelining\s*=\s*True$", config)
+
+
+def test_each_lab_site_has_a_fallback_node_outside_its_main_pool():
+    # Graceful degradation (docs/roles/mtls_proxy.md): group fallback_nodes is part of gpu_nodes (Triton, the
+    # firewall and the metrics treat them as GPU nodes), playbooks/proxy.yml keeps them out of the main pool.
+    data = inventory("lab")
+    hostvars = data["_meta"]["hostvars"]
+    fallback, gpu_nodes = members(data, "fallback_nodes"), members(data, "gpu_nodes")
+    assert fallback <= gpu_nodes
+    for site in ("primary", "standby"):
+        assert fallback & members(data, site), f"{site} has no fallback node"
+        assert (gpu_nodes - fallback) & members(data, site), f"{site} has no main pool left"
+    # Their own model (another seed, smaller limits) wins over gpu_nodes.yml; the proxies may overflow to it.
+    main_seed = {hostvars[h].get("triton_server_lab_seed") for h in gpu_nodes - fallback}
+    assert {hostvars[h]["triton_server_lab_seed"] for h in fallback}.isdisjoint(main_seed)
+    assert all(hostvars[p]["mtls_proxy_fallback_models"] == ["deepseek"] for p in members(data, "proxies"))

@@ -67,7 +67,9 @@ def test_valid_client_infers_over_https_and_grpc_with_tls(address):
         f"{address}:8443", ssl=True, ssl_options={"keyfile": key, "certfile": cert, "ca_certs": CA}
     )
     answer = http.infer(MODEL, inputs(httpclient, "through the proxy", 8)).as_numpy("text_output")[0].decode()
-    assert len(answer) == 8
+    # The llmapi contract: the prompt, then the generated words (one per token).
+    assert answer.startswith("through the proxy")
+    assert len(answer.removeprefix("through the proxy").split()) == 8
     grpc = grpc_client(address, cert, key)
     again = grpc.infer(MODEL, inputs(grpcclient, "through the proxy", 8)).as_numpy("text_output")[0].decode()
     assert again == answer
