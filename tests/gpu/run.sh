@@ -5,6 +5,7 @@
 # Six checks (nvidia_host_facts, gpu_topology, nvidia_driver_verify, cdi, cuda, triton), each under its own
 # timeout; one line per check (PASS/FAIL/SKIP name: ...), then "N skipped" and "N passed, N failed".
 # Exits 0 only when no check failed. tests/gpu/README.md says what each check proves; gpu_check.py runs them.
+# The deployed model's llmapi contract is a separate run: tests/conformance/run.sh (tests/gpu/README.md).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-${OUT:-$root/tests/gpu/output}}
