@@ -401,19 +401,24 @@ def generate_from(client: docker.DockerClient, via: LabHost, address: str, promp
         raise ValueError(f"no answer from {address}:8000 via {via.name}: {answer!r}") from exc
 
 
-def stream_through_proxy(address: str, prompt: str, max_tokens: int) -> list[str]:
-    """One streamed inference over a gRPC stream through a proxy (mTLS, the lab client): each response's text."""
+def stream_through_proxy(address: str, prompt: str, max_tokens: int) -> list[tuple[str | None, bool]]:
+    """One streamed inference over a gRPC stream through a proxy (mTLS, the lab client).
+
+    Every response as (its text_output, or None for a response without one; whether it is the final one).
+    """
     import tritonclient.grpc as grpcclient
     from model_inputs import generate_inputs
 
-    pieces: list[str] = []
+    pieces: list[tuple[str | None, bool]] = []
     errors: list[Exception] = []
 
     def collect(result: grpcclient.InferResult | None, error: Exception | None) -> None:
         if error is not None:
             errors.append(error)
-        elif result is not None and result.as_numpy("text_output") is not None:
-            pieces.append(result.as_numpy("text_output")[0].decode())
+        elif result is not None:
+            text = result.as_numpy("text_output")
+            final = result.get_response().parameters["triton_final_response"].bool_param
+            pieces.append((None if text is None else text[0].decode(), final))
 
     clients = PKI_STORE / "clients"
     inputs = generate_inputs(grpcclient, prompt, max_tokens, streaming=True)
@@ -436,8 +441,11 @@ def stream_through_proxy(address: str, prompt: str, max_tokens: int) -> list[str
 def inference_checks(client: docker.DockerClient, nodes: list[LabHost], proxies: list[LabHost]) -> list[str]:
     """A real inference on every inference node (sent from its site's proxy, the one host Triton admits).
 
-    Every node must give the same answer (same seed); a gRPC stream through each proxy must be one
-    response per token that adds up to that answer.
+    Every node must give the same answer (same seed): the prompt, then the generated words. A gRPC stream
+    through each proxy must be one response per token, each carrying the words generated so far (the llmapi
+    contract: a streamed text never carries the prompt), the last one the answer's generated words and the
+    only one marked final. Then the llmapi conformance suite (tests/conformance) runs once through the first
+    proxy.
     """
     failures, answers = [], {}
     for node in nodes:
@@ -452,17 +460,60 @@ def inference_checks(client: docker.DockerClient, nodes: list[LabHost], proxies:
     if failures:
         return failures
     expected = next(iter(answers.values()))
+    if not expected.startswith(LAB_PROMPT):
+        return [f"the answer {expected!r} does not start with the prompt {LAB_PROMPT!r}"]
+    generated = expected[len(LAB_PROMPT) :]
     for proxy in proxies:
         try:
             pieces = stream_through_proxy(container_ip(client, proxy), LAB_PROMPT, 24)
         except (OSError, ValueError) as exc:
             failures.append(f"{proxy.name}: a gRPC stream through the proxy failed: {exc}")
             continue
-        if len(pieces) != 24 or "".join(pieces) != expected:
-            failures.append(f"{proxy.name}: the gRPC stream gave {pieces!r}, not the answer token by token")
+        texts = [text for text, _final in pieces]
+        cumulative = None not in texts and all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+        finals = [final for _text, final in pieces]
+        if len(pieces) != 24 or not cumulative or texts[-1] != generated or finals != [False] * 23 + [True]:
+            failures.append(
+                f"{proxy.name}: the gRPC stream gave {pieces!r}, not 24 responses with the words generated so far "
+                "ending in the answer's, the last one final"
+            )
         else:
-            log(f"{proxy.name}: gRPC stream through the proxy, {len(pieces)} responses, one per token")
-    return failures
+            log(f"{proxy.name}: gRPC stream through the proxy, 24 responses, each the words so far, the last final")
+    return failures or conformance_checks(client, proxies[0])
+
+
+CONFORMANCE = ROOT / "tests" / "conformance"
+CONFORMANCE_TIMEOUT_S = 180
+
+
+def conformance_checks(client: docker.DockerClient, proxy: LabHost) -> list[str]:
+    """The llmapi conformance suite (tests/conformance) against the lab model, through ``proxy``.
+
+    HTTPS and gRPC with TLS to the proxy with the lab client's certificate, as any client reaches the
+    model (Triton's own ports admit only the proxies).
+    """
+    address = container_ip(client, proxy)
+    clients = PKI_STORE / "clients"
+    env = os.environ | {
+        "CONFORMANCE_HTTP_URL": f"https://{address}:8443",
+        "CONFORMANCE_GRPC_URL": f"{address}:8443",
+        "CONFORMANCE_MODEL": LAB_MODEL,
+        "CONFORMANCE_CA": str(PKI_STORE / "ca.crt"),
+        "CONFORMANCE_CERT": str(clients / f"{LAB_CLIENT}.crt"),
+        "CONFORMANCE_KEY": str(clients / f"{LAB_CLIENT}.key"),
+    }
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CONFORMANCE)]
+    started = time.monotonic()
+    try:
+        run = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=CONFORMANCE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return [f"{proxy.name}: the llmapi conformance suite ran past {CONFORMANCE_TIMEOUT_S} s"]
+    summary = (run.stdout.strip().splitlines() or ["no output"])[-1]
+    if run.returncode != 0 or " passed" not in summary or "failed" in summary:
+        print(run.stdout[-6000:] + run.stderr[-2000:], flush=True)
+        return [f"{proxy.name}: the llmapi conformance suite through the proxy: {summary}"]
+    log(f"{proxy.name}: llmapi conformance suite through the proxy: {summary} in {time.monotonic() - started:.0f} s")
+    return []
 
 
 def gpu_node_checks(node: Container, name: str) -> list[str]:
@@ -662,7 +713,8 @@ def site_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
 
     An empty group, a host outside both sites, a site without nodes or without a proxy fails.
     """
-    nodes = [h for h in hosts if "gpu_nodes" in h.groups]
+    # A site's inference nodes; its fallback nodes (gpu_nodes too) are fallback_check.py's.
+    nodes = [h for h in hosts if "gpu_nodes" in h.groups and "fallback_nodes" not in h.groups]
     proxies = [h for h in hosts if "proxies" in h.groups]
     failures = [
         f"the lab has no hosts in group {g}"
@@ -684,7 +736,9 @@ def site_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
     via = next(p for p in proxies if site_of(p) == site_of(nodes[0]))
     expected = generate_from(client, via, container_ip(client, nodes[0]), LAB_PROMPT, 24)
     failures = proxy_checks(client, proxies, nodes, monitor, expected)
-    return failures + admin_checks(client, proxies, nodes)
+    from fallback_check import fallback_checks  # graceful degradation: overflow to the fallback nodes
+
+    return failures + admin_checks(client, proxies, nodes) + fallback_checks(client, hosts)
 
 
 TRITON_PORTS = (8000, 8001, 8002)

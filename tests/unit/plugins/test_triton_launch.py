@@ -1,12 +1,19 @@
 """Container launch of Triton + TensorRT-LLM from real placement plans (captured nvidia-smi topologies)."""
 
+import os
+import subprocess
+
 import pytest
 from ansible_collections.deepseek.cluster.plugins.module_utils.gpu_topology import build_facts
 from ansible_collections.deepseek.cluster.plugins.module_utils.parallel_plan import plan
 from ansible_collections.deepseek.cluster.plugins.module_utils.triton_launch import (
+    SSH_SESSION_ENV,
+    TRITON_VERSION_FILE,
     LaunchError,
     container_command,
     launch_argv,
+    probe_command,
+    probe_script,
     server_command,
     worker_command,
 )
@@ -146,8 +153,8 @@ def test_containers_drop_every_capability_but_what_their_role_needs():
     launcher = container_command("docker", "t", IMAGE, inst, "a", ARGS, "/m", **extra)
     worker = container_command("docker", "t", IMAGE, inst, "b", ARGS, "/m", **extra)
     for argv, caps in (
-        (launcher, ["SYS_PTRACE"]),
-        (worker, ["SYS_PTRACE", "SYS_CHROOT", "SETUID", "SETGID", "AUDIT_WRITE"]),
+        (launcher, ["SYS_PTRACE", "IPC_LOCK"]),
+        (worker, ["SYS_PTRACE", "IPC_LOCK", "SYS_CHROOT", "SETUID", "SETGID", "AUDIT_WRITE"]),
     ):
         before_image = argv[: argv.index(IMAGE)]
         assert "--cap-drop=ALL" in before_image
@@ -167,3 +174,162 @@ def test_worker_ssh_address_must_be_an_address():
         container_command(
             "docker", "t", IMAGE, one_instance({"a": H100}, {"tensor_parallel_size": 8}), "a", ARGS, "/m", pids_limit=8
         )
+
+
+def values(argv, flag):
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+MULTI = {"ssh_dir": "/opt/triton/mpi-ssh", "ssh_port": 2233, "rdma_devices": ("/dev/infiniband",)}
+
+
+def test_multi_node_containers_get_the_rdma_devices_and_ipc_lock_and_mpirun_exports_path():
+    inst = one_instance({"a": H100, "b": H100}, {"tensor_parallel_size": 16})
+    for host in ("a", "b"):
+        argv = container_command("docker", "t", IMAGE, inst, host, ARGS, "/m", **MULTI)
+        before_image = argv[: argv.index(IMAGE)]
+        assert "--device=/dev/infiniband" in before_image
+        assert "--cap-add=IPC_LOCK" in before_image
+        assert values(before_image, "--ulimit") == ["memlock=-1", "stack=67108864"]
+    command = server_command(inst, "a", ARGS)
+    exported = values(command, "-x")
+    # PATH and LD_LIBRARY_PATH first (the remote ranks find the image's programs), then the plan's NCCL variables.
+    assert exported[:2] == ["PATH", "LD_LIBRARY_PATH"]
+    assert "NCCL_IB_HCA" in exported
+    # podman: the RDMA device is one --device= argument, the GPUs stay CDI devices of their own.
+    podman = container_command("podman", "t", IMAGE, inst, "a", ARGS, "/m", **MULTI)
+    assert values(podman, "--device") == [f"nvidia.com/gpu={g}" for g in range(8)]
+    assert "--device=/dev/infiniband" in podman
+
+
+def test_single_node_containers_get_no_rdma_device_no_ipc_lock_and_no_exports():
+    inst = one_instance({"gpu-a": H100}, {"tensor_parallel_size": 8})
+    argv = container_command("docker", "t", IMAGE, inst, "gpu-a", ARGS, "/m", **MULTI)
+    assert not [a for a in argv if a.startswith("--device")]
+    assert "--cap-add=IPC_LOCK" not in argv
+    assert "-x" not in argv
+    assert [a for a in argv if a.startswith("--cap-add=")] == ["--cap-add=SYS_PTRACE"]
+
+
+def test_mpirun_uses_the_plans_host_list_as_given():
+    inst = one_instance({"a": H100, "b": H100}, {"tensor_parallel_size": 16})
+    # The planner may name the hosts by fabric address: the launch takes the list as it is.
+    by_address = {**inst, "mpi_hosts": "10.10.0.1:8,10.10.0.2:8"}
+    command = server_command(by_address, "a", ARGS)
+    assert values(command, "-H") == ["10.10.0.1:8,10.10.0.2:8"]
+
+
+def test_rdma_devices_are_dev_paths_or_cdi_names():
+    inst = one_instance({"a": H100, "b": H100}, {"tensor_parallel_size": 16})
+    cdi = {**MULTI, "rdma_devices": ("nvidia.com/rdma=all", "/dev/infiniband/uverbs0")}
+    argv = container_command("podman", "t", IMAGE, inst, "b", ARGS, "/m", **cdi)
+    assert {"--device=nvidia.com/rdma=all", "--device=/dev/infiniband/uverbs0"} <= set(argv)
+    # Without RDMA devices (a TCP-only fabric) the containers still get IPC_LOCK but no device.
+    tcp = container_command("docker", "t", IMAGE, inst, "a", ARGS, "/m", **{**MULTI, "rdma_devices": ()})
+    assert not [a for a in tcp if a.startswith("--device")]
+    for bad in ("/etc/passwd", "infiniband", "/dev/infiniband:/dev/x", "--privileged"):
+        with pytest.raises(LaunchError, match="triton_server_rdma_devices holds host paths under /dev"):
+            container_command("docker", "t", IMAGE, inst, "a", ARGS, "/m", **{**MULTI, "rdma_devices": (bad,)})
+
+
+def test_llmapi_on_one_gpu_runs_through_trtllm_llmapi_launch():
+    inst = one_instance({"gpu-a": H100}, {"tensor_parallel_size": 1, "instances_per_node": 1})
+    assert server_command(inst, "gpu-a", ARGS, llmapi_launch=True) == ["trtllm-llmapi-launch", "tritonserver", *ARGS]
+    launch = {"engine": "docker", "name": "t", "image": IMAGE, "plan": {"instances": [inst]}, "host": "gpu-a"}
+    argv = launch_argv({**launch, "server_args": ARGS, "model_repository": "/m", "llmapi": True})
+    assert argv[argv.index(IMAGE) + 1 :][:2] == ["trtllm-llmapi-launch", "tritonserver"]
+
+
+def run_worker_script(tmp_path, env):
+    """The worker's /bin/sh script, run for real with sshd replaced by printf (one argument per line)."""
+    script = worker_command(2233)[2]
+    script = script.replace("mkdir -p /run/sshd", f"mkdir -p {tmp_path}/run-sshd")
+    script = script.replace("exec /usr/sbin/sshd", "exec printf '%s\\n'")
+    result = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def test_worker_sshd_hands_the_containers_environment_to_each_session(tmp_path):
+    env = {"PATH": "/opt/hpcx/ompi/bin:/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/hpcx/ompi/lib", "OPAL_PREFIX": "/opt/x"}
+    args = run_worker_script(tmp_path, env)
+    assert args[args.index("-o", args.index("PasswordAuthentication=no") - 1) :][-2:] == [
+        "-o",
+        "SetEnv=PATH=/opt/hpcx/ompi/bin:/usr/bin:/bin LD_LIBRARY_PATH=/opt/hpcx/ompi/lib OPAL_PREFIX=/opt/x",
+    ]
+    # Unset variables are left out (an empty OPAL_PREFIX would mislead Open MPI).
+    args = run_worker_script(tmp_path, {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/opt/deepseek-cluster/python"})
+    assert args[-1] == "SetEnv=PATH=/usr/bin:/bin PYTHONPATH=/opt/deepseek-cluster/python"
+    assert set(SSH_SESSION_ENV) == {"PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "OPAL_PREFIX"}
+
+
+def test_probe_checks_what_this_hosts_share_of_the_plan_needs():
+    single = probe_script("single", 8, llmapi=True)
+    assert "command -v mpirun >/dev/null" in single
+    assert "command -v trtllm-llmapi-launch" in single
+    assert "/usr/sbin/sshd" not in single
+    assert "PartReasoningText" in single
+    assert "import tensorrt_llm" not in single
+    worker = probe_script("worker", 16, llmapi=True, gpu=True)
+    assert "test -x /usr/sbin/sshd" in worker
+    assert "import tensorrt_llm" in worker
+    engine = probe_script("single", 1)
+    for absent in ("mpirun", "trtllm-llmapi-launch", "openai"):
+        assert absent not in engine
+
+
+def test_probe_runs_without_network_and_with_gpus_only_on_a_gpu_host():
+    inst = one_instance({"a": H100, "b": H100}, {"tensor_parallel_size": 16})
+    cpu = probe_command("podman", IMAGE, inst, "b", llmapi=True)
+    assert cpu[:4] == ["podman", "run", "--rm", "--network=none"]
+    assert "--device" not in cpu
+    assert "--cap-drop=ALL" in cpu
+    assert not [a for a in cpu if a.startswith("--cap-add")]
+    assert cpu[cpu.index(IMAGE) + 1 : cpu.index(IMAGE) + 3] == ["/bin/sh", "-c"]
+    gpu = probe_command("docker", IMAGE, inst, "b", gpu=True)
+    assert values(gpu, "--gpus") == ['"device=0,1,2,3,4,5,6,7"']
+    plan = {"instances": [inst]}
+    argv = launch_argv(
+        {
+            "engine": "docker",
+            "engine_bin": "/usr/bin/docker",
+            "image": IMAGE,
+            "plan": plan,
+            "host": "a",
+            "probe": {"gpu": False},
+            "llmapi": True,
+        }
+    )
+    assert argv[0] == "/usr/bin/docker"
+    assert "--network=none" in argv
+    assert "/usr/sbin/sshd" in argv[-1]
+
+
+def test_probe_script_passes_on_a_complete_image_and_names_what_is_missing(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("tritonserver", "mpirun", "trtllm-llmapi-launch"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    version = tmp_path / "TRITON_VERSION"
+    version.write_text("2.71.0\n")
+    script = probe_script("single", 8).replace(TRITON_VERSION_FILE, str(version))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    ok = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[0] == "triton_version: 2.71.0"
+    assert "ok: mpirun on PATH" in ok.stdout
+    (bin_dir / "mpirun").unlink()
+    missing = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "probe failed: mpirun on PATH"
+    assert os.path.exists(version)
+
+
+def test_launch_flags_that_arrive_as_strings_are_read_as_booleans():
+    inst = one_instance({"gpu-a": H100}, {"tensor_parallel_size": 1, "instances_per_node": 1})
+    launch = {"engine": "docker", "name": "t", "image": IMAGE, "plan": {"instances": [inst]}, "host": "gpu-a"}
+    launch = {**launch, "server_args": ARGS, "model_repository": "/m"}
+    assert launch_argv({**launch, "llmapi": "False"})[launch_argv(launch).index(IMAGE) + 1] == "tritonserver"
+    assert "trtllm-llmapi-launch" in launch_argv({**launch, "llmapi": "true"})
+    with pytest.raises(LaunchError, match="the launch's llmapi must be true or false"):
+        launch_argv({**launch, "llmapi": "maybe"})

@@ -1,6 +1,8 @@
 """triton_server, native runtime, lab layout: a real Triton on CPU serving the lab model over HTTP and gRPC."""
 
+import os
 import re
+import subprocess
 import sys
 import time
 import urllib.error
@@ -14,11 +16,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+ROOT = Path(__file__).resolve().parents[5]
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "files" / "lab_model"))
-from tiny_moe import MoEConfig, TinyMoE, detokenize  # noqa: E402
+from tiny_moe import MoEConfig, TinyMoE  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "molecule" / "lab"))
+sys.path.insert(0, str(ROOT / "molecule" / "lab"))
 from model_inputs import generate_inputs as inputs  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
+import llmapi_interface  # noqa: E402 (the recorded llmapi tensors; a plain module, no Ansible needed)
 
 MODEL = "deepseek"
 PROMPT = "What is a mixture of experts?"
@@ -43,8 +49,9 @@ def wait_ready(address, timeout=120):
 
 
 def expected(prompt, max_tokens):
-    # side_effect.yml upgraded the model to version 2: the artifact written from seed 202.
-    return detokenize(TinyMoE(MoEConfig(seed=202)).generate(prompt, max_tokens))
+    # side_effect.yml upgraded the model to version 2: the artifact written from seed 202. The answer is the
+    # prompt, then the generated words (the llmapi contract echoes the prompt).
+    return TinyMoE(MoEConfig(seed=202)).answer(prompt, max_tokens)
 
 
 def success_count(address):
@@ -71,9 +78,11 @@ def test_rendered_config_is_a_valid_triton_model_config(host):
     assert config.name == MODEL
     assert config.backend == "python"
     assert not config.model_transaction_policy.decoupled
-    assert [i.name for i in config.input] == ["text_input", "streaming", "sampling_param_max_tokens"]
-    assert [o.name for o in config.output] == ["text_output"]
+    assert [i.name for i in config.input] == [name for name, _t, _d, _o in llmapi_interface.INPUTS]
+    assert [o.name for o in config.output] == [name for name, _t, _d in llmapi_interface.OUTPUTS]
     assert config.response_cache.enable
+    tokenizer = host.file(f"/var/lib/triton/models/{MODEL}/2/tokenizer/tokenizer.json")
+    assert (tokenizer.user, tokenizer.group, tokenizer.mode) == ("root", "triton", 0o640)
 
 
 def test_http_inference_gives_the_lab_models_exact_text(address):
@@ -101,6 +110,18 @@ def test_out_of_range_max_tokens_is_an_error_not_a_crash(address):
     with pytest.raises(InferenceServerException, match="sampling_param_max_tokens must be between 0 and 1024"):
         client.infer(MODEL, inputs(grpcclient, PROMPT, 5000))
     assert client.is_server_ready()
+
+
+def test_the_llmapi_conformance_suite_passes_against_the_node(address):
+    # tests/conformance, the client-side contract checks, against this node's Triton (not decoupled).
+    env = os.environ | {
+        "CONFORMANCE_HTTP_URL": f"http://{address}:8000",
+        "CONFORMANCE_GRPC_URL": f"{address}:8001",
+        "CONFORMANCE_MODEL": MODEL,
+    }
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "conformance")]
+    run = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 def test_streaming_is_refused_when_not_decoupled(address):
