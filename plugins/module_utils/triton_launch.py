@@ -17,8 +17,9 @@ key, host key, known hosts, a config naming the port) read-only at /root/.ssh, s
 workers' containers, not their hosts, and checks whom it reached. A multi-node container also gets the
 RDMA devices (``rdma_devices``: /dev/infiniband or a CDI device) and CAP_IPC_LOCK, and mpirun exports PATH
 and LD_LIBRARY_PATH to the remote ranks while each worker's SSH daemon hands its container's PATH,
-LD_LIBRARY_PATH, PYTHONPATH and OPAL_PREFIX to the sessions mpirun opens (so ``orted`` is found: an SSH
-session otherwise gets sshd's default PATH, not the image's).
+LD_LIBRARY_PATH, PYTHONPATH, OPAL_PREFIX and its share of the plan's NCCL variables to the sessions mpirun
+opens (so ``orted`` is found: an SSH session otherwise gets sshd's default PATH, not the image's; and each
+host's ranks use that host's NICs).
 
 ``probe_command`` is the install-time check of the image that will run: Triton's version file and binary,
 the launchers the plan needs, ``/usr/sbin/sshd`` for a multi-node instance, the ``openai`` that
@@ -38,28 +39,33 @@ ENGINES = ("docker", "podman")
 MODELS_IN_CONTAINER = "/models"
 SSH_IN_CONTAINER = "/root/.ssh"
 # What mpirun exports to every rank (the launcher's values: the same image on every host). Open MPI passes
-# only these and the plan's NCCL variables to remote ranks; the rest of their environment is the SSH
-# session's (Open MPI FAQ, "running remotely": the remote PATH/LD_LIBRARY_PATH must find Open MPI; TensorRT-LLM
-# examples/models/core/deepseek_v3/README.md @ 010892fdde1a42c958a99be2b4e39181b5e7656c, "mpirun", exports
-# with -x likewise).
+# only these to remote ranks; the rest of their environment is the SSH session's (Open MPI FAQ, "running
+# remotely": the remote PATH/LD_LIBRARY_PATH must find Open MPI; TensorRT-LLM
+# examples/models/core/deepseek_v3/README.md @ 010892fdde1a42c958a99be2b4e39181b5e7656c, "DeepGEMM", exports
+# with -x likewise). The plan's NCCL variables are not exported: they are per host (the NICs nearest each
+# host's GPUs, its interfaces, parallel_plan_nccl_env), so each worker's SSH daemon hands its own to its ranks.
 MPI_EXPORTS = ("PATH", "LD_LIBRARY_PATH")
-# What a worker's SSH daemon hands to each session (sshd_config SetEnv, OpenSSH 8.7+; it overrides the PATH
-# sshd would set, PAM's /etc/environment included: checked with OpenSSH 9.2). orted, started over SSH by
+# What a worker's SSH daemon hands to each session (sshd_config SetEnv, OpenSSH 7.8+: openssh-portable 28013759f,
+# "These override the default environment and any variables set by user configuration"; session.c applies it
+# after PAM's environment, so it overrides the PATH sshd and PAM's /etc/environment would set: checked with
+# OpenSSH 9.2). orted, started over SSH by
 # mpirun, and the ranks it starts then see the image's environment: its PATH and libraries ("orted: command
 # not found" otherwise, open-mpi/ompi#599), OPAL_PREFIX for a relocated Open MPI (HPC-X) and the PYTHONPATH
 # of the derived image's openai overlay.
 SSH_SESSION_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "OPAL_PREFIX")
-# An RDMA device for a multi-node container: a host path under /dev, or a CDI device (vendor/class=name,
+# An RDMA device for a multi-node container: a host path under /dev (no "." or ".." segment: docker and podman
+# resolve the path and add every device under a directory), or a CDI device (vendor/class=name,
 # https://github.com/cncf-tags/container-device-interface, "Fully-qualified device name").
-_RDMA_PATH = re.compile(r"^/dev/[A-Za-z0-9._/-]+$")
+_RDMA_PATH = re.compile(r"^/dev/(?!(?:.*/)?\.\.?(?:/|$))[A-Za-z0-9._/-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CDI_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*/[a-zA-Z0-9][a-zA-Z0-9._-]*=[a-zA-Z0-9][a-zA-Z0-9._:-]*$")
 # Where NVIDIA's Triton images record the server's version (triton-inference-server/server compose.py copies
 # /opt/tritonserver/TRITON_VERSION into every image it composes).
 TRITON_VERSION_FILE = "/opt/tritonserver/TRITON_VERSION"
 # TensorRT-LLM's serve package imports this class (tensorrt_llm/serve/responses_utils.py); openai before
-# 1.109.0 lacks it and every llmapi model then fails to load (triton-inference-server/tutorials
-# Popular_Models_Guide/Qwen2.5-VL/qwen2_5_vl_trtllm_guide.md @ 9511717dc28753922ce5125b36ea1ded031a7a3f,
-# "Known issue: the container's openai package is too old": the 26.07 image ships openai 1.107.3).
+# 1.108.1 lacks it (1.107.3 and 1.108.0 do) and every llmapi model then fails to load (triton-inference-server/
+# tutorials Popular_Models_Guide/Qwen2.5-VL/qwen2_5_vl_trtllm_guide.md @ 9511717dc28753922ce5125b36ea1ded031a7a3f,
+# "Update the openai package": "This container's openai is too old for tensorrt_llm.serve", for 26.07).
 OPENAI_CHECK = "from openai.types.responses.response_content_part_added_event import PartReasoningText"
 
 
@@ -89,12 +95,15 @@ def server_command(
 ) -> list[str]:
     """The command run inside the container on ``host`` for ``instance`` of the plan.
 
-    ``llmapi_launch`` (the llmapi layout) wraps a one-GPU server in ``trtllm-llmapi-launch`` too: the LLM API
-    spawns its workers through MPI, and a plain ``tritonserver`` then fails with MPI_ERR_SPAWN
-    (triton-inference-server/tutorials Popular_Models_Guide/Qwen2.5-VL/qwen2_5_vl_trtllm_guide.md
-    @ 9511717dc28753922ce5125b36ea1ded031a7a3f, "Starting the server").
+    ``llmapi_launch`` (the llmapi layout) wraps a one-GPU server in ``trtllm-llmapi-launch`` too, as NVIDIA's
+    guide for the llmapi model starts it on one GPU (triton-inference-server/tutorials
+    Popular_Models_Guide/Qwen2.5-VL/qwen2_5_vl_trtllm_guide.md @ 9511717dc28753922ce5125b36ea1ded031a7a3f,
+    "Serving with Triton": ``trtllm-llmapi-launch tritonserver``; the LLM API spawns its workers through MPI).
+    The script is then the container's PID 1: a bash without a SIGTERM handler, so ``<engine> stop`` ends it
+    with SIGKILL after the stop timeout (pid_namespaces(7)); multi-GPU launches have ``mpirun`` there, which
+    forwards SIGTERM to each rank's process group.
     """
-    part = _part(instance, host)
+    _part(instance, host)
     world = int(instance["world_size"])
     if world == 1:
         prefix = ["trtllm-llmapi-launch"] if llmapi_launch else []
@@ -108,7 +117,9 @@ def server_command(
             f"{instance['hosts'][0]} starts its ranks; only the launcher runs a server command"
         )
     # -H is the plan's own host list (names or the fabric addresses the planner chose), never recomputed here.
-    exported = [arg for name in (*MPI_EXPORTS, *_nccl_env(part)) for arg in ("-x", name)]
+    # The plan's NCCL variables are per host: the launcher's ranks have them from this container, a worker's
+    # from its own container through its SSH daemon (worker_command), never the launcher's values.
+    exported = [arg for name in MPI_EXPORTS for arg in ("-x", name)]
     return ["mpirun", "--allow-run-as-root", "-H", instance["mpi_hosts"], "-n", str(world), *exported, *launch]
 
 
@@ -120,15 +131,19 @@ def role_of(instance: dict[str, Any], host: str) -> str:
     return "launcher" if host == instance["hosts"][0] else "worker"
 
 
-def worker_command(ssh_port: int, listen_address: str = "") -> list[str]:
+def worker_command(ssh_port: int, listen_address: str = "", session_env: tuple[str, ...] = ()) -> list[str]:
     """The SSH daemon a multi-node worker runs in the foreground, for the launcher's mpirun.
 
     With ``listen_address`` (the fabric address) it listens there only, not on every address of the host.
-    Each session gets this container's ``SSH_SESSION_ENV`` (those that are set), so that orted and the ranks
-    find the image's programs and libraries.
+    Each session gets this container's ``SSH_SESSION_ENV`` and ``session_env`` (those that are set: the
+    worker's share of the plan's NCCL variables), so that orted and the ranks find the image's programs and
+    libraries and use this host's NICs and interfaces.
     """
     if isinstance(ssh_port, bool) or not isinstance(ssh_port, int) or not 0 < ssh_port < 65536:
         raise LaunchError(f"triton_server_mpi_ssh_port must be a port number, got {ssh_port!r}")
+    for name in session_env:
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise LaunchError(f"the plan's environment holds {name!r}, which is not a variable name")
     listen = ""
     if listen_address:
         try:
@@ -137,7 +152,7 @@ def worker_command(ssh_port: int, listen_address: str = "") -> list[str]:
             raise LaunchError(f"triton_server_mpi_ssh_address must be an IP address, got {listen_address!r}") from exc
         listen = f" -o ListenAddress={'[' + str(address) + ']' if address.version == 6 else address}"
     keys = SSH_IN_CONTAINER
-    names = " ".join(SSH_SESSION_ENV)
+    names = " ".join(dict.fromkeys((*SSH_SESSION_ENV, *session_env)))
     return [
         "/bin/sh",
         "-c",
@@ -152,10 +167,11 @@ def worker_command(ssh_port: int, listen_address: str = "") -> list[str]:
 
 # What the container keeps of root's powers (everything else is dropped): MPI ranks on one node read each
 # other's memory (Open MPI's shared-memory transport uses cross-memory attach, which needs ptrace
-# rights); the ranks of a multi-node instance register (pin) memory with the RDMA devices (IPC_LOCK, as
-# NVIDIA's multi-node container examples grant); a worker's SSH daemon separates privileges (chroot, then
-# the sshd user) and, when built with Linux audit support, fails every login that cannot write its audit
-# record (docker keeps AUDIT_WRITE in its default set for that reason).
+# rights); the ranks of a multi-node instance register (pin) memory with the RDMA devices (IPC_LOCK; NVIDIA's
+# DeepSeek multi-node example runs its containers --privileged instead: TensorRT-LLM
+# examples/models/core/deepseek_v3/README.md @ 010892fdde1a42c958a99be2b4e39181b5e7656c, "mpirun"); a worker's
+# SSH daemon separates privileges (chroot, then the sshd user) and, when built with Linux audit support, fails
+# every login that cannot write its audit record (docker keeps AUDIT_WRITE in its default set for that reason).
 CAPABILITIES = {
     "single": ("SYS_PTRACE",),
     "launcher": ("SYS_PTRACE", "IPC_LOCK"),
@@ -245,7 +261,7 @@ def container_command(
     if role != "single":
         volumes.append(f"{ssh_dir}:{SSH_IN_CONTAINER}:ro")
     command = (
-        worker_command(ssh_port, ssh_address)
+        worker_command(ssh_port, ssh_address, tuple(_nccl_env(part)))
         if role == "worker"
         else server_command(instance, host, server_args, llmapi_launch)
     )
@@ -292,13 +308,16 @@ def probe_script(role: str, world_size: int, *, llmapi: bool = False, gpu: bool 
         checks.append(
             (
                 "python3 -c " + shlex.quote(OPENAI_CHECK),
-                "openai with PartReasoningText (tensorrt_llm.serve imports it; openai >= 1.109)",
+                "openai with PartReasoningText (tensorrt_llm.serve imports it; openai >= 1.108.1)",
             )
         )
     if gpu:
-        checks.append(
-            ("python3 -c " + shlex.quote("import tensorrt_llm; print(tensorrt_llm.__version__)"), "import tensorrt_llm")
-        )
+        # The llmapi model.py imports LLM from the package; newer TensorRT-LLM loads it lazily (PEP 562), so
+        # `import tensorrt_llm` alone no longer reaches tensorrt_llm.llmapi and what it imports.
+        code = "import tensorrt_llm; print(tensorrt_llm.__version__)"
+        if llmapi:
+            code += "; from tensorrt_llm import LLM"
+        checks.append(("python3 -c " + shlex.quote(code), "import tensorrt_llm" + (" and its LLM" if llmapi else "")))
     lines = [f'echo "triton_version: $(cat {TRITON_VERSION_FILE} 2>/dev/null)"']
     for test, what in checks:
         quoted = shlex.quote(what)

@@ -74,8 +74,8 @@ def test_two_node_instance_launches_from_the_first_host_with_the_host_list():
     command = server_command(inst, "a", ARGS)
     assert command[:7] == ["mpirun", "--allow-run-as-root", "-H", "a:8,b:8", "-n", "16", "-x"]
     exported = [command[i + 1] for i, a in enumerate(command) if a == "-x"]
-    assert "NCCL_IB_HCA" in exported
-    assert "CUDA_VISIBLE_DEVICES" not in exported
+    # The plan's NCCL variables are per host: never the launcher's values for the worker's ranks.
+    assert exported == ["PATH", "LD_LIBRARY_PATH"]
     with pytest.raises(LaunchError, match="b is a worker of multi-node instance 0: mpirun on a starts its ranks"):
         server_command(inst, "b", ARGS)
 
@@ -192,10 +192,8 @@ def test_multi_node_containers_get_the_rdma_devices_and_ipc_lock_and_mpirun_expo
         assert "--cap-add=IPC_LOCK" in before_image
         assert values(before_image, "--ulimit") == ["memlock=-1", "stack=67108864"]
     command = server_command(inst, "a", ARGS)
-    exported = values(command, "-x")
-    # PATH and LD_LIBRARY_PATH first (the remote ranks find the image's programs), then the plan's NCCL variables.
-    assert exported[:2] == ["PATH", "LD_LIBRARY_PATH"]
-    assert "NCCL_IB_HCA" in exported
+    # PATH and LD_LIBRARY_PATH (the remote ranks find the image's programs); not the plan's NCCL variables.
+    assert values(command, "-x") == ["PATH", "LD_LIBRARY_PATH"]
     # podman: the RDMA device is one --device= argument, the GPUs stay CDI devices of their own.
     podman = container_command("podman", "t", IMAGE, inst, "a", ARGS, "/m", **MULTI)
     assert values(podman, "--device") == [f"nvidia.com/gpu={g}" for g in range(8)]
@@ -227,7 +225,7 @@ def test_rdma_devices_are_dev_paths_or_cdi_names():
     # Without RDMA devices (a TCP-only fabric) the containers still get IPC_LOCK but no device.
     tcp = container_command("docker", "t", IMAGE, inst, "a", ARGS, "/m", **{**MULTI, "rdma_devices": ()})
     assert not [a for a in tcp if a.startswith("--device")]
-    for bad in ("/etc/passwd", "infiniband", "/dev/infiniband:/dev/x", "--privileged"):
+    for bad in ("/etc/passwd", "infiniband", "/dev/infiniband:/dev/x", "--privileged", "/dev/../etc", "/dev/x/.."):
         with pytest.raises(LaunchError, match="triton_server_rdma_devices holds host paths under /dev"):
             container_command("docker", "t", IMAGE, inst, "a", ARGS, "/m", **{**MULTI, "rdma_devices": (bad,)})
 
@@ -272,6 +270,9 @@ def test_probe_checks_what_this_hosts_share_of_the_plan_needs():
     worker = probe_script("worker", 16, llmapi=True, gpu=True)
     assert "test -x /usr/sbin/sshd" in worker
     assert "import tensorrt_llm" in worker
+    # What the llmapi model.py imports (newer TensorRT-LLM loads LLM lazily, so the package import alone is weak).
+    assert "from tensorrt_llm import LLM" in worker
+    assert "from tensorrt_llm import LLM" not in probe_script("single", 1, gpu=True)
     engine = probe_script("single", 1)
     for absent in ("mpirun", "trtllm-llmapi-launch", "openai"):
         assert absent not in engine
@@ -333,3 +334,25 @@ def test_launch_flags_that_arrive_as_strings_are_read_as_booleans():
     assert "trtllm-llmapi-launch" in launch_argv({**launch, "llmapi": "true"})
     with pytest.raises(LaunchError, match="the launch's llmapi must be true or false"):
         launch_argv({**launch, "llmapi": "maybe"})
+
+
+def test_each_workers_ranks_get_that_workers_own_nccl_variables(tmp_path):
+    """The plan derives NCCL_IB_HCA / NCCL_SOCKET_IFNAME per host (and parallel_plan_nccl_env is per host): the
+    worker's SSH daemon hands its own values to the ranks mpirun starts there; mpirun does not export the
+    launcher's."""
+    inst = one_instance({"a": H100, "b": H100}, {"tensor_parallel_size": 16})
+    parts = {p["host"]: p for p in inst["parts"]}
+    parts["b"]["env"] = {**parts["b"]["env"], "NCCL_IB_HCA": "=mlx5_9", "NCCL_SOCKET_IFNAME": "=ib9"}
+    worker = container_command("docker", "t", IMAGE, inst, "b", ARGS, "/m", **MULTI)
+    envs = dict(e.split("=", 1) for e in values(worker, "--env"))
+    assert envs["NCCL_IB_HCA"] == "=mlx5_9"
+    script = worker[-1].replace("mkdir -p /run/sshd", f"mkdir -p {tmp_path}/run-sshd")
+    script = script.replace("exec /usr/sbin/sshd", "exec printf '%s\\n'")
+    out = subprocess.run(
+        ["/bin/sh", "-c", script], env={"PATH": "/usr/bin:/bin", **envs}, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert "NCCL_IB_HCA==mlx5_9" in out[-1].split()
+    assert "NCCL_SOCKET_IFNAME==ib9" in out[-1].split()
+    assert "CUDA_VISIBLE_DEVICES" not in out[-1]
+    with pytest.raises(LaunchError, match="not a variable name"):
+        worker_command(2233, "", ("NCCL_X; rm -rf /",))

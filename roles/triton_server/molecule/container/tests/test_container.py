@@ -79,8 +79,9 @@ def test_launcher_runs_mpirun_over_both_hosts_with_the_nccl_environment(host):
     assert envs["NCCL_P2P_LEVEL"] == "NVL"
     if host.backend.get_hostname() == LAUNCHER:
         assert command[:7] == ["mpirun", "--allow-run-as-root", "-H", f"{LAUNCHER}:8,{WORKER}:8", "-n", "16", "-x"]
-        # The image's PATH and libraries for the remote ranks, then the plan's NCCL variables.
-        assert values(command, "-x") == ["PATH", "LD_LIBRARY_PATH", *envs]
+        # The image's PATH and libraries for the remote ranks; the plan's NCCL variables are per host (the
+        # worker's SSH daemon hands the worker's own to its ranks), never the launcher's.
+        assert values(command, "-x") == ["PATH", "LD_LIBRARY_PATH"]
         launch = command.index("trtllm-llmapi-launch")
         assert command[launch + 1] == "tritonserver"
         assert {"--model-repository=/models", "--model-control-mode=explicit", "--load-model=deepseek"} <= set(
@@ -92,7 +93,8 @@ def test_launcher_runs_mpirun_over_both_hosts_with_the_nccl_environment(host):
             r"/usr/sbin/sshd -D -e -p 2233 (-o ListenAddress=\S+ )?-h /root/.ssh/host_ed25519_key", command[2]
         )
         # Each SSH session (orted, then the ranks) gets the container's PATH, libraries and Open MPI prefix.
-        assert "for name in PATH LD_LIBRARY_PATH PYTHONPATH OPAL_PREFIX" in command[2]
+        names = " ".join(["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "OPAL_PREFIX", *envs])
+        assert f"for name in {names}; do" in command[2]
         assert command[2].endswith('-o "SetEnv=${session_env# }"')
 
 
