@@ -17,7 +17,7 @@ export ANSIBLE_FORCE_COLOR := 1
         lab lab-down lab-test test test-extended bench clean distclean
 
 help:
-	@echo "make lab            build the lab (7 systemd containers) and run site.yml on it"
+	@echo "make lab            build the lab (9 systemd containers) and run site.yml on it"
 	@echo "make lab-down       remove the lab containers and network"
 	@echo "make test           lint, unit, collection build+install, molecule (main scenarios), lab integration"
 	@echo "make test-extended  make test plus the extended molecule scenarios"
