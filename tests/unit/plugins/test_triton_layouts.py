@@ -221,14 +221,14 @@ def test_llmapi_config_parses_with_tritons_schema(decoupled):
     assert config.max_batch_size == 0
     assert config.model_transaction_policy.decoupled is decoupled
     assert [i.name for i in config.input if not i.optional] == ["text_input"]
-    assert [i.name for i in config.input] == [name for name, *_ in llmapi_interface.INPUTS]
-    assert [o.name for o in config.output] == [name for name, *_ in llmapi_interface.OUTPUTS]
+    assert [i.name for i in config.input] == [entry[0] for entry in llmapi_interface.INPUTS]
+    assert [o.name for o in config.output] == [entry[0] for entry in llmapi_interface.OUTPUTS]
 
 
 def test_every_input_that_asks_for_an_output_has_it_in_the_record():
-    outputs = {name for name, *_ in llmapi_interface.OUTPUTS}
-    for name, *_ in llmapi_interface.INPUTS:
-        assert set(llmapi_interface.outputs_asked_by(name)) <= outputs
+    outputs = {entry[0] for entry in llmapi_interface.OUTPUTS}
+    for entry in llmapi_interface.INPUTS:
+        assert set(llmapi_interface.outputs_asked_by(entry[0])) <= outputs
 
 
 @pytest.mark.parametrize("decoupled", [True, False])

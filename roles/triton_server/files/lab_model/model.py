@@ -144,7 +144,7 @@ class Generation:
         text = "".join(self.pieces)
         found = [(text.find(stop), n, stop) for n, stop in enumerate(self.ask.stop) if stop in text]
         if found:
-            index, _, stop = min(found)
+            index, _order, stop = min(found)
             self.generated, self.finish_reason, self.stop_reason = text[:index], "stop", stop
             return
         self.generated = text
@@ -342,7 +342,11 @@ class TritonPythonModel:
             if request.is_cancelled():
                 yield self._error(CANCELLED, pb_utils.TritonError.CANCELLED), True
                 return
-            generation.add(next(steps), time.monotonic_ns())
+            step = next(steps, None)
+            if step is None:  # the model gives max_tokens steps; the last one already set "length"
+                generation.finish_reason = "length"
+                break
+            generation.add(step, time.monotonic_ns())
             if ask.streaming and generation.finish_reason is None:
                 yield self._response(generation), False
         yield self._response(generation), True

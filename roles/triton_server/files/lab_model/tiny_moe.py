@@ -251,7 +251,7 @@ class TinyMoE:
         rng = np.random.default_rng(sampling.seed or 0)
         context = self.context(prompt)
         counts: dict[int, int] = {}
-        for _ in range(max_tokens):
+        for _position in range(max_tokens):
             step = self.step(context, sampling, rng, counts)
             context.append(step.token)
             counts[step.token] = counts.get(step.token, 0) + 1
