@@ -25,7 +25,6 @@ import csv
 import io
 import json
 import re
-import socket
 import ssl
 import sys
 import threading
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import docker
+import lab  # the lab's own helpers (lab.py imports this module only inside its checks)
 
 ROOT = Path(__file__).resolve().parents[2]
 PKI_STORE = ROOT / ".cache" / "pki"
@@ -235,18 +235,6 @@ def served(client: docker.DockerClient, nodes: list[Host], monitor: Host) -> dic
     return counts
 
 
-def connects(client: docker.DockerClient, source: Host | None, address: str, port: int) -> bool:
-    """Whether a TCP handshake with address:port completes from ``source`` (None: this machine)."""
-    if source is None:
-        try:
-            with socket.create_connection((address, port), timeout=3):
-                return True
-        except OSError:
-            return False
-    probe = f"import socket; socket.create_connection(({address!r}, {port}), 3)"
-    return client.containers.get(source.name).exec_run(["python3", "-c", probe]).exit_code == 0
-
-
 def firewall_checks(
     client: docker.DockerClient, node: Host, proxy: Host, other: Host | None, monitor: Host
 ) -> list[str]:
@@ -261,7 +249,7 @@ def firewall_checks(
     wrong = [
         f"{source}->{port} {'closed' if should else 'open'}"
         for (source, port), should in sorted(expected.items())
-        if connects(client, sources[source], address, port) != should
+        if lab.connects(client, sources[source], address, port) != should
     ]
     return [f"{node.name}: the host firewall is not what the inventory says: {', '.join(wrong)}"] if wrong else []
 
