@@ -128,6 +128,7 @@ def deployment_rules(
     sites: dict[str, str],
     ports: dict[str, Any],
     client_sources: list[str],
+    monitoring_sources: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The allow rules of one host of the deployment, from the inventory.
 
@@ -136,8 +137,11 @@ def deployment_rules(
     mpirun's SSH, then Open MPI's out-of-band and NCCL's bootstrap and socket connections, which use
     ephemeral ports). Proxies
     admit their mTLS port from ``client_sources`` and their admin port from the monitoring hosts. Every
-    host admits node_exporter from the monitoring hosts. ``addresses`` maps each host to the addresses it
-    connects from; a GPU node or proxy without a site fails (it would admit nobody or the wrong site).
+    host admits node_exporter from the monitoring hosts, GPU nodes dcgm-exporter too (when ``ports`` has
+    ``dcgm_exporter``). Monitoring hosts admit Prometheus and Alertmanager (``prometheus``, ``alertmanager``)
+    from each other and ``monitoring_sources``, Alertmanager's cluster port from each other. ``addresses``
+    maps each host to the addresses it connects from; a GPU node or proxy without a site fails (it would
+    admit nobody or the wrong site).
     """
     missing = [k for k in PORT_KEYS if k not in ports]
     if missing:
@@ -174,5 +178,19 @@ def deployment_rules(
             {"name": "mtls-proxy", "ports": [ports["mtls_proxy"]], "sources": list(client_sources)},
             {"name": "proxy-admin", "ports": [ports["mtls_proxy_admin"]], "sources": monitors},
         ]
+    if host in groups.get("gpu_nodes", []) and ports.get("dcgm_exporter"):
+        rules.append({"name": "dcgm-exporter", "ports": [ports["dcgm_exporter"]], "sources": monitors})
+    if host in groups.get("monitoring", []):
+        # Prometheus's and Alertmanager's web ports: the other monitoring hosts (Prometheus sends alerts to
+        # every Alertmanager) and monitoring_sources (operators, Grafana); Alertmanager's cluster port: the
+        # other monitoring hosts only.
+        peers = sources([m for m in members("monitoring") if m != host])
+        web = sorted(set(peers) | set(monitoring_sources or []))
+        if ports.get("prometheus"):
+            rules.append({"name": "prometheus", "ports": [ports["prometheus"]], "sources": web})
+        if ports.get("alertmanager"):
+            rules.append({"name": "alertmanager", "ports": [ports["alertmanager"]], "sources": web})
+        if ports.get("alertmanager_cluster"):
+            rules.append({"name": "alertmanager-cluster", "ports": [ports["alertmanager_cluster"]], "sources": peers})
     rules.append({"name": "node-exporter", "ports": [ports["node_exporter"]], "sources": monitors})
     return rules

@@ -137,7 +137,9 @@ def test_judging(text, reason, golden, success, well_formed, match):
 
 def test_exposition_follows_prometheus_naming():
     module = probe.Module.from_config("m", {"golden": "blue", "stream": True})
-    result = probe.judge(probe.Result(text="blue", finish_reason="length", first_token=0.25, fallback=False), module)
+    result = probe.judge(
+        probe.Result(text="blue", finish_reason="length", first_token=0.25, fallback=False, responses=3), module
+    )
     result.duration = 1.5
     lines = probe.exposition(result, module).decode().splitlines()
     samples = dict(line.split(" ") for line in lines if not line.startswith("#"))
@@ -155,6 +157,7 @@ def test_exposition_follows_prometheus_naming():
 def test_golden_and_fallback_are_absent_when_unknown():
     module = probe.Module.from_config("m", {"stream": False})
     body = probe.exposition(probe.Result(), module).decode()
+    assert "well_formed" not in body  # no answer came: a failure, not a malformed answer
     assert "golden_match" not in body
     assert "fallback" not in body
     assert "time_to_first_token" not in body

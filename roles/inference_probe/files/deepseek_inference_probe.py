@@ -10,7 +10,8 @@ ModelInfer when the module does not stream), and answers with gauges:
   deepseek_probe_success                      1 when the whole check passed
   deepseek_probe_duration_seconds             wall time of the check
   deepseek_probe_time_to_first_token_seconds  first response carrying text (streaming modules)
-  deepseek_probe_answer_well_formed           text, and a final response with a finish reason
+  deepseek_probe_answer_well_formed           text, and a final response with a finish reason (only when an
+                                              answer came)
   deepseek_probe_golden_match                 the text equals the module's golden answer (only when set)
   deepseek_probe_fallback                     the proxy answered from its fallback pool (HTTP: header)
 
@@ -289,6 +290,7 @@ def check_grpc(config: Config, module: Module, target: str, node: str, deadline:
         tensor = grpcclient.InferInput(name, list(array.shape), dtype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
+
     def outputs(answer: grpcclient.InferResult) -> dict[str, str]:
         values = {}
         for output in answer.get_response().outputs:
@@ -402,7 +404,10 @@ def exposition(result: Result, module: Module) -> bytes:
 
     gauge("deepseek_probe_success", "Whether the inference check passed.", float(result.success))
     gauge("deepseek_probe_duration_seconds", "How long the inference check took.", result.duration)
-    gauge("deepseek_probe_answer_well_formed", "Whether the answer had text and a finish reason.", result.well_formed)
+    if result.responses > 0:  # no answer at all is a failure, not a malformed answer
+        gauge(
+            "deepseek_probe_answer_well_formed", "Whether the answer had text and a finish reason.", result.well_formed
+        )
     if module.stream and result.first_token is not None:
         gauge("deepseek_probe_time_to_first_token_seconds", "Time to the first response with text.", result.first_token)
     if result.golden_match is not None:

@@ -144,3 +144,28 @@ def test_the_filters_turn_rule_errors_into_ansible_errors():
         filters["host_firewall_rules"]({}, "host_firewall_extra_rules")
     with pytest.raises(AnsibleFilterError, match="not an IPv4/IPv6 address"):
         filters["host_firewall_admits"]("10.0.0.1", ["nonsense"])
+
+
+MONITORING_PORTS = {
+    **PORTS,
+    "dcgm_exporter": 9400,
+    "prometheus": 9090,
+    "alertmanager": 9093,
+    "alertmanager_cluster": 9094,
+}
+
+
+def test_monitoring_ports_admit_peers_and_the_named_sources_only():
+    groups = {**GROUPS, "monitoring": ["mon", "mon2"]}
+    addresses = {**ADDRESSES, "mon2": ["10.9.0.6"]}
+    rules = rules_of(
+        "mon", groups=groups, addresses=addresses, ports=MONITORING_PORTS, monitoring_sources=["10.8.0.0/24"]
+    )
+    assert rules["prometheus"] == ([9090], ["10.8.0.0/24", "10.9.0.6"])
+    assert rules["alertmanager"] == ([9093], ["10.8.0.0/24", "10.9.0.6"])
+    assert rules["alertmanager-cluster"] == ([9094], ["10.9.0.6"])
+    assert rules_of("mon", ports=MONITORING_PORTS)["prometheus"] == ([9090], [])
+    gpu = rules_of("p-gpu1", groups=groups, addresses=addresses, ports=MONITORING_PORTS)
+    assert gpu["dcgm-exporter"] == ([9400], ["10.9.0.5", "10.9.0.6"])
+    assert "prometheus" not in gpu
+    assert "dcgm-exporter" not in rules_of("p-proxy", ports=MONITORING_PORTS)
