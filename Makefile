@@ -24,7 +24,7 @@ help:
 	@echo "make distclean      remove the lab, test containers, base image, virtualenvs and caches: then make test or"
 	@echo "                    make lab starts as on a fresh machine (make distclean test)"
 	@echo "make bench          benchmarks (planning 1,000 hosts, molecule and site.yml over SSH vs docker exec, Triton direct,"
-	@echo "                    the mTLS proxy's cost; leaves the lab up)"
+	@echo "                    monitoring detection time and the probe's cost, the mTLS proxy's cost; leaves the lab up)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv --clear $(VENV)
@@ -78,6 +78,7 @@ bench: venv image
 	$(VENV)/bin/python benchmarks/plan_1000_hosts.py
 	$(VENV)/bin/python benchmarks/molecule_connection.py
 	$(VENV)/bin/python benchmarks/lab_playbook_time.py --keep
+	$(VENV)/bin/python benchmarks/probe_detection.py
 	$(VENV)/bin/python benchmarks/triton_lab_model.py
 	$(VENV)/bin/python benchmarks/mtls_proxy_overhead.py
 

@@ -1,5 +1,6 @@
 """Shared fixtures for the repository-level unit tests."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,3 +29,18 @@ def role_dirs() -> list[Path]:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """Debian's promtool in .cache/tools, fetched by tests/prometheus/fetch-tools.sh when missing."""
+    tool = ROOT / ".cache" / "tools" / "promtool"
+    fetch = ROOT / "tests" / "prometheus" / "fetch-tools.sh"
+    if not tool.is_file():
+        run = subprocess.run(["bash", str(fetch)], cwd=ROOT, capture_output=True, text=True, check=False)
+        if run.returncode != 0 or not tool.is_file():
+            pytest.fail(
+                f"promtool is not in {tool.parent} and {fetch.relative_to(ROOT)} could not fetch it "
+                f"(it needs apt-get and Debian's prometheus package; exit {run.returncode}):\n{run.stdout}{run.stderr}"
+            )
+    return tool

@@ -94,13 +94,14 @@ def test_request_is_greedy_generated_text_only_with_the_finish_reason():
     assert "streaming" not in probe.Module.from_config("m", {"stream": False}).request()
 
 
-def test_credentials_are_taken_from_the_credentials_directory(tmp_path):
+def test_configuration_is_read_with_tls_on_by_default(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"ca_file": "ca.crt", "cert_file": "/abs/c.crt", "modules": {"m": {}}}))
-    loaded = probe.Config.load(str(path), "/run/credentials/x")
-    assert loaded.ca_file == "/run/credentials/x/ca.crt"
-    assert loaded.cert_file == "/abs/c.crt"
-    assert loaded.tls is True
+    path.write_text(json.dumps({"ca_file": "/etc/ca.crt", "cert_file": "/etc/c.crt", "modules": {"m": {}}}))
+    loaded = probe.Config.load(str(path))
+    assert (loaded.ca_file, loaded.cert_file, loaded.tls) == ("/etc/ca.crt", "/etc/c.crt", True)
+    path.write_text(json.dumps({"modules": {}}))
+    with pytest.raises(ValueError, match="no modules"):
+        probe.Config.load(str(path))
 
 
 @pytest.mark.parametrize(

@@ -72,20 +72,6 @@ def doc_headings() -> set[str]:
     return {m.group(1).strip() for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", ALERTS_DOC.read_text(), re.M)}
 
 
-@pytest.fixture(scope="session")
-def promtool() -> Path:
-    """Debian's promtool in .cache/tools, fetched by tests/prometheus/fetch-tools.sh when missing."""
-    tool = TOOLS / "promtool"
-    if not tool.is_file():
-        run = subprocess.run(["bash", str(FETCH_TOOLS)], cwd=ROOT, capture_output=True, text=True, check=False)
-        if run.returncode != 0 or not tool.is_file():
-            pytest.fail(
-                f"promtool is not in {TOOLS} and {FETCH_TOOLS.relative_to(ROOT)} could not fetch it "
-                f"(it needs apt-get and Debian's prometheus package; exit {run.returncode}):\n{run.stdout}{run.stderr}"
-            )
-    return tool
-
-
 def test_there_are_rules_and_tests() -> None:
     """The rule and test files exist where the prometheus role and make unit look for them."""
     assert RULE_FILES, f"no *.rules.yml in {RULES_DIR}"

@@ -22,8 +22,7 @@ and a second check of the same module and target is refused (success 0) while on
 hanging target never piles up threads. ``/metrics`` carries the exporter's own counters.
 
 The configuration (JSON, written by the deepseek.cluster.inference_probe role) names the modules, the client
-certificate, the CA, and the proxy's node header. Credentials come from systemd's credentials directory when
-the file names are relative.
+certificate, its key, the CA, and the proxy's headers.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import argparse
 import http.client
 import json
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -117,24 +115,18 @@ class Config:
     tls: bool = True  # false only to probe an unproxied server in tests
 
     @classmethod
-    def load(cls, path: str, credentials_dir: str = "") -> Config:
-        """Read the JSON configuration; relative certificate paths are taken in ``credentials_dir``."""
+    def load(cls, path: str) -> Config:
+        """Read the JSON configuration; unknown module keys or bad values raise ValueError."""
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
         modules = {name: Module.from_config(name, entry) for name, entry in raw.get("modules", {}).items()}
         if not modules:
             raise ValueError(f"{path}: no modules")
-
-        def located(name: str) -> str:
-            if name and not os.path.isabs(name) and credentials_dir:
-                return os.path.join(credentials_dir, name)
-            return name
-
         return cls(
             modules=modules,
-            ca_file=located(raw.get("ca_file", "")),
-            cert_file=located(raw.get("cert_file", "")),
-            key_file=located(raw.get("key_file", "")),
+            ca_file=raw.get("ca_file", ""),
+            cert_file=raw.get("cert_file", ""),
+            key_file=raw.get("key_file", ""),
             node_header=raw.get("node_header", "deepseek-node"),
             fallback_header=raw.get("fallback_header", "deepseek-fallback"),
             tls=bool(raw.get("tls", True)),
@@ -495,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-config", action="store_true", help="read the configuration and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    config = Config.load(args.config, os.environ.get("CREDENTIALS_DIRECTORY", ""))
+    config = Config.load(args.config)
     if args.check_config:
         print(f"configuration ok: modules {', '.join(sorted(config.modules))}")
         return 0

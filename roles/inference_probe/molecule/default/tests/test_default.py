@@ -29,14 +29,16 @@ def value(body, name):
     return None if match is None else float(match.group(1))
 
 
-def test_service_runs_as_a_dynamic_user(host):
+def test_service_runs_as_its_own_user_hardened(host):
     assert host.service(UNIT).is_running
     assert host.service(UNIT).is_enabled
-    props = host.run(f"systemctl show {UNIT} -p DynamicUser -p NoNewPrivileges -p ProtectSystem -p MainPID").stdout
-    for expected in ("DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict"):
-        assert expected in props
+    props = host.run(
+        f"systemctl show {UNIT} -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet -p MainPID"
+    ).stdout
+    for expected in ("NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n"):
+        assert expected in props + "\n"
     pid = re.search(r"MainPID=(\d+)", props).group(1)
-    assert host.run(f"ps -o user= -p {pid}").stdout.strip() not in ("root", "")
+    assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "deepseek-probe"
 
 
 def test_listens_on_loopback_only(host):
@@ -54,14 +56,17 @@ def test_virtualenv_holds_exactly_the_pins(host):
     assert "tritonclient" in normalise(installed)
 
 
-def test_the_key_is_not_copied_and_the_config_names_credentials(host):
+def test_the_probe_reads_its_own_copy_of_the_key(host):
     config = json.loads(host.file("/etc/deepseek/inference-probe/config.json").content_string)
-    assert (config["cert_file"], config["key_file"], config["ca_file"]) == ("client.crt", "client.key", "ca.crt")
+    assert config["key_file"] == "/etc/deepseek/inference-probe/tls/client.key"
+    key = host.file(config["key_file"])
+    assert (key.user, key.group, key.mode) == ("root", "deepseek-probe", 0o640)
+    assert key.content_string == host.file("/etc/deepseek/pki/private/probe.key").content_string
     assert set(config["modules"]) == {"proxy_http", "proxy_grpc", "node_http", "node_grpc"}
     assert config["modules"]["proxy_http"]["golden"] == "blue"
     assert "PRIVATE KEY" not in host.file("/etc/deepseek/inference-probe/config.json").content_string
-    copies = host.run("find /etc/deepseek/inference-probe /opt/deepseek/inference-probe -name '*.key' -o -name '*.pem'")
-    assert copies.stdout == ""
+    copies = host.run("find /etc/deepseek/inference-probe /opt/deepseek/inference-probe -name '*.key'")
+    assert copies.stdout.split() == ["/etc/deepseek/inference-probe/tls/client.key"]
 
 
 @pytest.mark.parametrize("module", ["proxy_http", "proxy_grpc"])
