@@ -139,7 +139,8 @@ def deployment_rules(
     admit their mTLS port from ``client_sources`` and their admin port from the monitoring hosts. Every
     host admits node_exporter from the monitoring hosts, GPU nodes dcgm-exporter too (when ``ports`` has
     ``dcgm_exporter``). Monitoring hosts admit Prometheus and Alertmanager (``prometheus``, ``alertmanager``)
-    from each other and ``monitoring_sources``, Alertmanager's cluster port from each other. ``addresses``
+    from each other and ``monitoring_sources``, Alertmanager's cluster port from each other; hosts of group
+    ``grafana`` admit Grafana (``grafana``) from ``monitoring_sources``. ``addresses``
     maps each host to the addresses it connects from; a GPU node or proxy without a site fails (it would
     admit nobody or the wrong site).
     """
@@ -192,5 +193,7 @@ def deployment_rules(
             rules.append({"name": "alertmanager", "ports": [ports["alertmanager"]], "sources": web})
         if ports.get("alertmanager_cluster"):
             rules.append({"name": "alertmanager-cluster", "ports": [ports["alertmanager_cluster"]], "sources": peers})
+    if host in groups.get("grafana", []) and ports.get("grafana"):
+        rules.append({"name": "grafana", "ports": [ports["grafana"]], "sources": sorted(set(monitoring_sources or []))})
     rules.append({"name": "node-exporter", "ports": [ports["node_exporter"]], "sources": monitors})
     return rules

@@ -1,5 +1,7 @@
 """Shared fixtures for the repository-level unit tests."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +46,28 @@ def promtool() -> Path:
                 f"(it needs apt-get and Debian's prometheus package; exit {run.returncode}):\n{run.stdout}{run.stderr}"
             )
     return tool
+
+
+def run_local_play(work: Path, hosts: dict, play: list, out: Path) -> dict:
+    """Run ``play`` on ``hosts`` (inventory host -> variables) with a local connection, from this checkout.
+
+    The play writes what it rendered to ``out``/rendered.json, which is returned. ``work``/library may hold
+    stand-in modules.
+    """
+    common = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    for values in hosts.values():
+        values.update(common)
+    (work / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    (work / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
+        ANSIBLE_LIBRARY=str(work / "library"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    playbook = str(Path(sys.executable).parent / "ansible-playbook")
+    cmd = [playbook, "-f", str(len(hosts)), "-i", str(work / "hosts.yml"), str(work / "play.yml")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return json.loads((out / "rendered.json").read_text())

@@ -16,17 +16,15 @@ the role's defaults and vars) and its templates, then checked here:
 
 import csv
 import io
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, load_yaml
+from conftest import ROOT, load_yaml, run_local_play
 
 ROLE = ROOT / "roles/dcgm_exporter"
 FIELDS = ROOT / "tests/fixtures/dcgm-exporter/field-names-4.6.0-4.8.3.tsv"
@@ -247,23 +245,7 @@ def rendered(tmp_path_factory, pki):
         "debian12-cpu": fake_host("Debian", "12", "Debian", 0, loaded=False),
         "debian12-no-driver": fake_host("Debian", "12", "Debian", 8, loaded=False),
     }
-    common = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    for values in hosts.values():
-        values.update(common)
-    (work / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
-    (work / "play.yml").write_text(yaml.safe_dump(render_playbook(out), sort_keys=False))
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
-        ANSIBLE_LIBRARY=str(work / "library"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    playbook = str(Path(sys.executable).parent / "ansible-playbook")
-    cmd = [playbook, "-f", str(len(hosts)), "-i", str(work / "hosts.yml"), str(work / "play.yml")]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    return json.loads((out / "rendered.json").read_text())
+    return run_local_play(work, hosts, render_playbook(out), out)
 
 
 def rows(counters: str) -> list[list[str]]:

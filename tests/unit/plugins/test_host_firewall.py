@@ -169,3 +169,13 @@ def test_monitoring_ports_admit_peers_and_the_named_sources_only():
     assert gpu["dcgm-exporter"] == ([9400], ["10.9.0.5", "10.9.0.6"])
     assert "prometheus" not in gpu
     assert "dcgm-exporter" not in rules_of("p-proxy", ports=MONITORING_PORTS)
+
+
+def test_grafana_admits_the_monitoring_sources_only():
+    groups = {**GROUPS, "grafana": ["mon"]}
+    ports = {**MONITORING_PORTS, "grafana": 3000}
+    assert rules_of("mon", groups=groups, ports=ports, monitoring_sources=["10.8.0.0/24"])["grafana"] == (
+        [3000],
+        ["10.8.0.0/24"],
+    )
+    assert "grafana" not in rules_of("mon", ports=ports)

@@ -36,7 +36,7 @@ from ansible_collections.deepseek.cluster.plugins.module_utils.nvidia_packages i
     SelectionError,
     container_toolkit_selection,
 )
-from conftest import ROOT
+from conftest import ROOT, run_local_play
 
 URL = "https://nvidia.github.io/libnvidia-container"
 NAMES = [
@@ -323,23 +323,7 @@ def rendered(tmp_path_factory):
     hosts["ubuntu2004-cpu"] = fake_host(
         "Ubuntu", "20", "Debian", "x86_64", 0, nvidia_container_toolkit_runtimes=["podman"]
     )
-    common = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    for values in hosts.values():
-        values.update(common)
-    (work / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
-    (work / "play.yml").write_text(yaml.safe_dump(render_playbook(out), sort_keys=False))
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
-        ANSIBLE_LIBRARY=str(work / "library"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    playbook = str(Path(sys.executable).parent / "ansible-playbook")
-    cmd = [playbook, "-f", str(len(hosts)), "-i", str(work / "hosts.yml"), str(work / "play.yml")]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    return json.loads((out / "rendered.json").read_text())
+    return run_local_play(work, hosts, render_playbook(out), out)
 
 
 def repo_file(text: str) -> dict:
