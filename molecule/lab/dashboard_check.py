@@ -129,6 +129,40 @@ def panel_targets(dashboard: dict) -> Iterator[tuple[str, str, str]]:
                 yield panel.get("title", ""), target.get("refId", ""), target["expr"]
 
 
+_LABEL_VALUES = re.compile(r"^\s*label_values\((.*)\)\s*$", re.DOTALL)
+
+
+def variable_queries(dashboard: dict) -> Iterator[tuple[str, str, str]]:
+    """The dashboard's query variables as PromQL: (variable name, query, label).
+
+    Grafana fills a variable from ``label_values(<selector>, <label>)``; an empty result leaves its drop-down
+    empty, and with it every panel that filters on the variable. ``label_values(<selector>, <label>)`` becomes
+    ``count by (<label>) (<selector>)``, which has a series per value (and one without the label when some
+    selected series lack it); ``label_values(<label>)`` (every series of the data source) is left out.
+    """
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        definition = variable.get("query")
+        if isinstance(definition, dict):
+            definition = definition.get("query", "")
+        match = _LABEL_VALUES.match(definition or "")
+        if not match:
+            continue
+        args, depth, split = match.group(1), 0, -1
+        for position, char in enumerate(args):
+            if char in "({[":
+                depth += 1
+            elif char in ")}]":
+                depth -= 1
+            elif char == "," and depth == 0:
+                split = position
+        if split < 0:
+            continue
+        selector, label = args[:split].strip(), args[split + 1 :].strip()
+        yield variable.get("name", ""), f"count by ({label}) ({selector})", label
+
+
 def query(prometheus_url: str, expr: str, timeout: float = 30.0, context: ssl.SSLContext | None = None) -> dict:
     """One instant query through Prometheus's HTTP API; its "data" member (resultType, result).
 
@@ -180,14 +214,18 @@ def empty_panels(
 
     Returns:
         One line per empty or failing query, "<dashboard> / <panel> [<refId>]: <query>" (a failing query
-        ends with its error). Queries over GPU-only metrics (GPU_ONLY_METRICS) are not evaluated.
+        ends with its error). The dashboard's query variables (label_values()) are evaluated too, as
+        "<dashboard> / variable $<name> [query]". Queries over GPU-only metrics (GPU_ONLY_METRICS) are not
+        evaluated.
 
     """
     allowed = set(allowed_empty)
     empty = []
     for path in dashboards:
         dashboard = json.loads(Path(path).read_text())
-        for title, ref, expr in panel_targets(dashboard):
+        variables = [(f"variable ${name}", "query", expr, label) for name, expr, label in variable_queries(dashboard)]
+        targets = [(title, ref, expr, None) for title, ref, expr in panel_targets(dashboard)]
+        for title, ref, expr, label in [*variables, *targets]:
             if is_gpu_only(expr) or metric_names(expr) & allowed:
                 continue
             where = f"{dashboard.get('title', path)} / {title} [{ref}]"
@@ -198,7 +236,7 @@ def empty_panels(
             except RuntimeError as error:
                 empty.append(f"{where}: {one_line} -> {error}")
                 continue
-            if not has_series(data):
+            if not has_series(data) or (label and not any(r["metric"].get(label) for r in data["result"])):
                 empty.append(f"{where}: {one_line}")
     return empty
 

@@ -249,8 +249,12 @@ def rendered(tmp_path_factory, pki):
 
 
 def rows(counters: str) -> list[list[str]]:
-    """The counters file as dcgm-exporter reads it (encoding/csv with Comment '#', fields trimmed)."""
-    lines = [line for line in counters.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    """The counters file as dcgm-exporter reads it (encoding/csv with Comment '#', fields trimmed).
+
+    Go's encoding/csv takes a line as a comment only when '#' is its first character, and skips empty lines
+    only: an indented comment or a line of blanks is a record there (and fails the three-column check).
+    """
+    lines = [line for line in counters.splitlines() if line and not line.startswith("#")]
     return [[cell.strip() for cell in row] for row in csv.reader(io.StringIO("\n".join(lines)))]
 
 
@@ -317,6 +321,17 @@ def test_web_config_is_exporter_toolkits_with_the_role_copies(rendered):
         },
         "basic_auth_users": {"prometheus": HASH},
     }
+
+
+def test_a_changed_web_config_restarts_the_exporter():
+    # exporter-toolkit decides between TLS and plain HTTP once, when the exporter starts (web/tls_config.go,
+    # Serve: errNoTLSConfig -> server.Serve): without a restart, turning TLS on leaves it serving plain HTTP.
+    tasks = load_yaml(ROLE / "tasks/configure.yml")
+    task = next(t for t in tasks if t.get("ansible.builtin.template", {}).get("src") == "web-config.yml.j2")
+    notify = task.get("notify", [])
+    assert "Restart dcgm_exporter" in ([notify] if isinstance(notify, str) else notify)
+    handlers = [h["name"] for h in load_yaml(ROLE / "handlers/main.yml")]
+    assert "Restart dcgm_exporter" in handlers
 
 
 def test_web_config_without_tls_is_empty(rendered):
@@ -457,17 +472,16 @@ UPSTREAM_UNIT = """[Unit]
 Description=NVIDIA DCGM-exporter service
 Wants=nvidia-dcgm.service
 After=nvidia-dcgm.service
+StartLimitIntervalSec=0
 
 [Service]
 User=root
 PrivateTmp=false
 
-StandardOutput=append:/var/log/dcgm-exporter.log
-StandardError=append:/var/log/dcgm-exporter.log
-
 ExecStart=/usr/bin/dcgm-exporter -f /etc/dcgm-exporter/default-counters.csv
 
-Restart=on-abort
+Restart=on-failure
+RestartSec=10s
 
 [Install]
 WantedBy=multi-user.target

@@ -268,6 +268,32 @@ def test_panel_targets_walks_rows_and_skips_empty_queries():
     assert list(CHECK.panel_targets(board)) == [("inner", "A", "up"), ("outer", "A", "x")]
 
 
+def test_variable_queries_become_count_by_the_label():
+    board = {
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus"},
+                {"name": "site", "type": "query", "query": {"query": 'label_values(up{job="triton"}, site)'}},
+                {"name": "node", "type": "query", "query": 'label_values(up{a="x", site=~"$site"}, node)'},
+                {"name": "all", "type": "query", "query": "label_values(job)"},
+                {"name": "c", "type": "custom", "query": "a,b"},
+            ]
+        }
+    }
+    assert list(CHECK.variable_queries(board)) == [
+        ("site", 'count by (site) (up{job="triton"})', "site"),
+        ("node", 'count by (node) (up{a="x", site=~"$site"})', "node"),
+    ]
+
+
+def test_every_dashboard_variable_but_the_data_source_is_checked():
+    for path in DASHBOARDS:
+        data = json.loads(path.read_text())
+        names = {name for name, _, _ in CHECK.variable_queries(data)}
+        wanted = {v["name"] for v in data["templating"]["list"] if v["type"] == "query"}
+        assert names == wanted, (path.name, wanted - names)
+
+
 def test_has_series():
     assert CHECK.has_series({"resultType": "vector", "result": [{"metric": {}, "value": [0, "1"]}]})
     assert not CHECK.has_series({"resultType": "vector", "result": []})
@@ -278,6 +304,13 @@ def test_has_series():
 def test_empty_panels_skips_gpu_only_and_healthy_empty_queries_without_asking(tmp_path, monkeypatch):
     board = {
         "title": "t",
+        "templating": {
+            "list": [
+                {"name": "site", "type": "query", "query": "label_values(up, site)"},
+                {"name": "pool", "type": "query", "query": "label_values(up, pool)"},
+                {"name": "gpu", "type": "query", "query": "label_values(DCGM_FI_DEV_GPU_TEMP, gpu)"},
+            ]
+        },
         "panels": [
             {"title": "gpu", "targets": [{"refId": "A", "expr": 'DCGM_FI_DEV_GPU_TEMP{site=~"$site"}'}]},
             {"title": "alerts", "targets": [{"refId": "A", "expr": "count by (alertname) (ALERTS)"}]},
@@ -291,11 +324,21 @@ def test_empty_panels_skips_gpu_only_and_healthy_empty_queries_without_asking(tm
 
     def fake_query(url, expr, timeout=30.0, context=None):
         asked.append(expr)
+        if expr.startswith("count by"):  # every up series has a site label, none has a pool label
+            return {
+                "resultType": "vector",
+                "result": [{"metric": {"site": "primary"}, "value": [0, "2"]}]
+                if "(site)" in expr
+                else [{"metric": {}, "value": [0, "2"]}],
+            }
         return {"resultType": "vector", "result": [{"metric": {}, "value": [0, "1"]}] if expr.startswith("up") else []}
 
     monkeypatch.setattr(CHECK, "query", fake_query)
-    assert CHECK.empty_panels("http://prometheus.invalid", [path], {}) == ['t / gone [A]: renamed_metric{site=~".+"}']
-    assert asked == ['up{site=~".+"}', 'renamed_metric{site=~".+"}']
+    assert CHECK.empty_panels("http://prometheus.invalid", [path], {}) == [
+        "t / variable $pool [query]: count by (pool) (up)",
+        't / gone [A]: renamed_metric{site=~".+"}',
+    ]
+    assert asked == ["count by (site) (up)", "count by (pool) (up)", 'up{site=~".+"}', 'renamed_metric{site=~".+"}']
     assert CHECK.gpu_only_panels([path]) == ["t / gpu [A]"]
 
 
@@ -318,7 +361,9 @@ RENDER_PLAY = """
           ansible.builtin.include_tasks: {role}/tasks/assert.yml
         - name: Render each template
           ansible.builtin.set_fact:
-            __test_result: "{{{{ dict({names} | zip(query('ansible.builtin.template', {templates}))) }}}}"
+            __test_result: >-
+              {{{{ dict({names} | zip(query('ansible.builtin.template', {templates})))
+                  | combine({{'ini_extra_secret': __grafana_ini_extra_secret | bool | string}}) }}}}
       rescue:
         - name: Keep the refusal
           ansible.builtin.set_fact:
@@ -459,6 +504,15 @@ def test_no_secret_in_grafana_ini_or_the_provider(rendered):
             text = (rendered / host / name).read_text()
             assert ADMIN_PASSWORD not in text
             assert "word-" not in text
+
+
+def test_grafana_ini_is_no_log_when_the_extra_settings_hold_a_secret(rendered):
+    # The https host's grafana_ini_extra has [smtp] password: its grafana.ini must not be shown in a diff.
+    assert (rendered / "https" / "ini_extra_secret").read_text() == "True"
+    assert (rendered / "plain" / "ini_extra_secret").read_text() == "False"
+    tasks = yaml.safe_load((ROLE / "tasks" / "configure.yml").read_text())
+    task = next(t for t in tasks if t["name"] == "Write grafana.ini")
+    assert "__grafana_ini_extra_secret" in str(task.get("no_log"))
 
 
 def test_rendered_datasource(rendered):

@@ -222,3 +222,18 @@ def test_the_http_endpoint_answers_probe_metrics_and_refusals(tmp_path, refused)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_checks_hanging_behind_one_proxy_do_not_starve_the_others(tmp_path, hanging, refused):
+    """20 checks hanging behind one proxy (a site of 9 nodes: 2 pool + 18 node checks) leave workers free."""
+    prober = probe.Prober(config(tmp_path, m={"protocol": "http", "timeout_seconds": 3}))
+    module = prober.config.modules["m"]
+    stuck = [threading.Thread(target=prober.probe, args=(module, hanging, f"gpu{i}", 3.0)) for i in range(20)]
+    for thread in stuck:
+        thread.start()
+    time.sleep(0.3)
+    other = prober.probe(module, refused, "", 1.0)
+    assert "no answer within" not in other.reason, other.reason  # refused at once, not queued behind the others
+    assert other.duration < 0.9
+    for thread in stuck:
+        thread.join()

@@ -340,8 +340,14 @@ CHECKS = {"http": check_http, "grpc": check_grpc}
 class Prober:
     """Runs checks with deadlines; at most one running check per module, target and node."""
 
-    def __init__(self, config: Config, workers: int = 16) -> None:
-        """A pool of worker threads and the exporter's own counters."""
+    def __init__(self, config: Config, workers: int = 256) -> None:
+        """A pool of worker threads and the exporter's own counters.
+
+        At most one check runs per module, target and node, so the threads in use never outnumber the scrape
+        targets; the pool must not be smaller than that. A small pool (16) let the checks hanging behind one sick
+        proxy (2 pool + 2 per node of its site, each until its deadline) take every worker, and the healthy
+        site's checks then waited in the queue until their own deadline and were reported failed.
+        """
         self.config = config
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check")
         self.running: set[tuple[str, str, str]] = set()
