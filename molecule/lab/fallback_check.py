@@ -280,7 +280,7 @@ def proxy_check(
     client: docker.DockerClient, proxy: Host, main: list[Host], fallback: list[Host], monitor: Host
 ) -> list[str]:
     """Backends, then the overflow under load through one proxy (the main pool made small meanwhile)."""
-    metrics = exec_text(client, proxy, ["curl", "-sf", "--max-time", "5", "http://127.0.0.1:8404/metrics"])
+    metrics = lab.proxy_metrics(client, proxy)
     up, names = servers_up(metrics), {n.name for n in fallback}
     wrong = [b for b in ("triton_http_fallback", "triton_grpc_fallback") if up.get(b, set()) != names]
     if wrong:

@@ -588,9 +588,24 @@ def successful_requests(metrics: str) -> float:
     return sum(float(m["n"]) for m in map(SUCCESS.match, metrics.splitlines()) if m)
 
 
+PROXY_METRICS_PASSWORD = ROOT / ".cache" / "lab" / "proxy-metrics-password"
+
+
+def proxy_metrics(client: docker.DockerClient, proxy: LabHost) -> str:
+    """A proxy's exporter output, read as Prometheus reads it.
+
+    From the monitoring host, at the proxy's admin address (playbooks/proxy.yml binds it there for the
+    monitoring hosts only), with the metrics password.
+    """
+    monitor = next(h for h in lab_hosts() if "monitoring" in h.groups)
+    password = PROXY_METRICS_PASSWORD.read_text().split()[0]
+    url = f"http://{container_ip(client, proxy)}:8404/metrics"
+    return exec_text(client, monitor, ["curl", "-sf", "--max-time", "5", "-u", f"metrics:{password}", url])
+
+
 def proxy_backends(client: docker.DockerClient, proxy: LabHost) -> dict[str, set[str]]:
     """The servers each backend of a proxy has UP, read from its exporter on its admin address."""
-    return backends_up(exec_text(client, proxy, ["curl", "-sf", "--max-time", "5", "http://127.0.0.1:8404/metrics"]))
+    return backends_up(proxy_metrics(client, proxy))
 
 
 def served_requests(client: docker.DockerClient, node: LabHost, monitor: LabHost) -> float:

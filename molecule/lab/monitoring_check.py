@@ -125,16 +125,17 @@ def probe_table(prometheus: str) -> list[tuple[str, str, str, float, float]]:
 
 # The lab's hosts are containers on one machine: they share its CPUs, its disk and its clock, so the host
 # alerts of node-mixin (load, filesystem, clock) say something about that machine, not about the deployment.
-# They are listed, not failed on; every other alert (the deployment's own, and NodeDown) must stay quiet.
-MACHINE_ALERTS = r"Node(?!Down$).*"
+# They are listed, not failed on; every other alert (the deployment's own, and NodeDown) must stay quiet, but
+# Watchdog, which always fires by design (the dead man's switch: docs/alerts.md#watchdog).
+MACHINE_ALERTS = 'ALERTS{alertname=~"Node.*",alertname!="NodeDown"}'
+DEPLOYMENT_ALERTS = 'ALERTS{alertname!~"Node.*|Watchdog"} or ALERTS{alertname="NodeDown"}'
 
 
 def alerts_now(prometheus: str, machine: bool = False) -> list[str]:
     """Alerts pending or firing, as 'name{node} state': the deployment's, or (machine) the lab machine's."""
-    selector = f'ALERTS{{alertname{"=~" if machine else "!~"}"{MACHINE_ALERTS}"}}'
     return sorted(
         f"{s['metric']['alertname']}{{node={s['metric'].get('node', '')}}} {s['metric']['alertstate']}"
-        for s in query(prometheus, selector)
+        for s in query(prometheus, MACHINE_ALERTS if machine else DEPLOYMENT_ALERTS)
     )
 
 

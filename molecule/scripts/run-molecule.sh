@@ -47,7 +47,10 @@ run_one() {  # role scenario: one `molecule test`, its output in its log, its re
 
 queue=()
 skipped=0
-for cfg in roles/*/molecule/*/molecule.yml; do
+# Reverse order of roles: triton_server, the longest scenario, starts first, and the two that download
+# Triton's wheels into the shared cache (triton_server, mtls_proxy) never start together.
+mapfile -t configs < <(printf '%s\n' roles/*/molecule/*/molecule.yml | sort -r)
+for cfg in "${configs[@]}"; do
   [ -e "$cfg" ] || continue
   dir=$(dirname "$cfg")
   scenario=$(basename "$dir")

@@ -136,11 +136,12 @@ def deployment_rules(
     from the monitoring hosts, every TCP port from their own site's other GPU nodes (a multi-node instance:
     mpirun's SSH, then Open MPI's out-of-band and NCCL's bootstrap and socket connections, which use
     ephemeral ports). Proxies
-    admit their mTLS port from ``client_sources`` and their admin port from the monitoring hosts. Every
+    admit their mTLS port from ``client_sources`` and the monitoring hosts (the inference probe), and their admin port
+    from the monitoring hosts. Every
     host admits node_exporter from the monitoring hosts, GPU nodes dcgm-exporter too (when ``ports`` has
     ``dcgm_exporter``). Monitoring hosts admit Prometheus and Alertmanager (``prometheus``, ``alertmanager``)
-    from each other and ``monitoring_sources``, Alertmanager's cluster port from each other; hosts of group
-    ``grafana`` admit Grafana (``grafana``) from ``monitoring_sources``. ``addresses``
+    from each other and ``monitoring_sources``, Alertmanager's cluster port (TCP and UDP) from each other; hosts
+    of group ``grafana`` admit Grafana (``grafana``) from ``monitoring_sources``. ``addresses``
     maps each host to the addresses it connects from; a GPU node or proxy without a site fails (it would
     admit nobody or the wrong site).
     """
@@ -176,7 +177,12 @@ def deployment_rules(
         ]
     if host in groups.get("proxies", []):
         rules += [
-            {"name": "mtls-proxy", "ports": [ports["mtls_proxy"]], "sources": list(client_sources)},
+            # The monitoring hosts' inference probes come in here too, whatever client_sources allows.
+            {
+                "name": "mtls-proxy",
+                "ports": [ports["mtls_proxy"]],
+                "sources": sorted(set(client_sources) | set(monitors)),
+            },
             {"name": "proxy-admin", "ports": [ports["mtls_proxy_admin"]], "sources": monitors},
         ]
     if host in groups.get("gpu_nodes", []) and ports.get("dcgm_exporter"):
@@ -192,7 +198,16 @@ def deployment_rules(
         if ports.get("alertmanager"):
             rules.append({"name": "alertmanager", "ports": [ports["alertmanager"]], "sources": web})
         if ports.get("alertmanager_cluster"):
+            # Gossip (memberlist) needs TCP and UDP on the cluster port (Alertmanager's README, High Availability).
             rules.append({"name": "alertmanager-cluster", "ports": [ports["alertmanager_cluster"]], "sources": peers})
+            rules.append(
+                {
+                    "name": "alertmanager-cluster-udp",
+                    "proto": "udp",
+                    "ports": [ports["alertmanager_cluster"]],
+                    "sources": peers,
+                }
+            )
     if host in groups.get("grafana", []) and ports.get("grafana"):
         rules.append({"name": "grafana", "ports": [ports["grafana"]], "sources": sorted(set(monitoring_sources or []))})
     rules.append({"name": "node-exporter", "ports": [ports["node_exporter"]], "sources": monitors})

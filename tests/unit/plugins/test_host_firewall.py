@@ -111,7 +111,7 @@ def test_gpu_node_admits_its_own_sites_proxy_monitoring_and_peers():
 
 def test_proxy_admits_clients_and_monitoring_and_monitor_only_node_exporter():
     assert rules_of("p-proxy") == {
-        "mtls-proxy": ([8443], ["0.0.0.0/0"]),
+        "mtls-proxy": ([8443], ["0.0.0.0/0", "10.9.0.5"]),
         "proxy-admin": ([8404], ["10.9.0.5"]),
         "node-exporter": ([9100], ["10.9.0.5"]),
     }
@@ -164,6 +164,11 @@ def test_monitoring_ports_admit_peers_and_the_named_sources_only():
     assert rules["prometheus"] == ([9090], ["10.8.0.0/24", "10.9.0.6"])
     assert rules["alertmanager"] == ([9093], ["10.8.0.0/24", "10.9.0.6"])
     assert rules["alertmanager-cluster"] == ([9094], ["10.9.0.6"])
+    assert rules["alertmanager-cluster-udp"] == ([9094], ["10.9.0.6"])
+    udp = [
+        r for r in deployment_rules("mon", groups, addresses, SITES, MONITORING_PORTS, ["0.0.0.0/0"]) if r.get("proto")
+    ]
+    assert [(r["name"], r["proto"]) for r in udp] == [("alertmanager-cluster-udp", "udp")]
     assert rules_of("mon", ports=MONITORING_PORTS)["prometheus"] == ([9090], [])
     gpu = rules_of("p-gpu1", groups=groups, addresses=addresses, ports=MONITORING_PORTS)
     assert gpu["dcgm-exporter"] == ([9400], ["10.9.0.5", "10.9.0.6"])
@@ -179,3 +184,7 @@ def test_grafana_admits_the_monitoring_sources_only():
         ["10.8.0.0/24"],
     )
     assert "grafana" not in rules_of("mon", ports=ports)
+
+
+def test_the_probe_reaches_the_proxies_whatever_the_client_sources():
+    assert rules_of("p-proxy", client_sources=["192.0.2.0/24"])["mtls-proxy"] == ([8443], ["10.9.0.5", "192.0.2.0/24"])

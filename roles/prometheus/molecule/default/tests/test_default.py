@@ -7,7 +7,15 @@ import pytest
 
 PROMETHEUS = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
-GROUPS = {"deepseek-gpu", "deepseek-triton", "deepseek-probe", "deepseek-proxy", "deepseek-node", "deepseek-certs"}
+GROUPS = {
+    "deepseek-gpu",
+    "deepseek-triton",
+    "deepseek-probe",
+    "deepseek-proxy",
+    "deepseek-node",
+    "deepseek-certs",
+    "deepseek-monitoring",
+}
 
 
 def api(host, url, data=None):

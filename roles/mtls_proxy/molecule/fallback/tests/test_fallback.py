@@ -1,6 +1,6 @@
 """mtls_proxy graceful degradation: overflow to a fallback pool, marked, and unchanged 503s without one.
 
-The scenario runs a second Triton at 127.0.0.2 (converge.yml) with the lab model drawn from another seed
+The scenario runs a second Triton at 127.0.0.2 (../default/converge.yml) with the lab model drawn from another seed
 under the same name, so its answers differ from the primary's. The proxy is re-applied here with small
 queues (reconfigure.yml), as an operator re-runs the role, and the primary pool is saturated by lowering
 its servers' maxconn through HAProxy's runtime API (restored after each test). The last test re-applies
