@@ -144,10 +144,10 @@ def test_every_alert_fires_in_a_test(path: Path, name: str, severity: str) -> No
         assert set(alert.get("exp_annotations") or {}) >= ANNOTATIONS, f"{name}: a firing case without annotations"
 
 
-@pytest.mark.parametrize("name", sorted({name for _, name, _ in rule_cases()}))
+@pytest.mark.parametrize("name", sorted({case[1] for case in rule_cases()}))
 def test_every_alert_stays_quiet_in_a_test(name: str) -> None:
     """A promtool case expects no alert of this name (series near the threshold, on the healthy side)."""
-    paths = {path for path, rule_name, _ in rule_cases() if rule_name == name}
+    paths = {case[0] for case in rule_cases() if case[1] == name}
     quiet = [
         case
         for path in paths
@@ -157,7 +157,7 @@ def test_every_alert_stays_quiet_in_a_test(name: str) -> None:
     assert quiet, f"{name} has no promtool case where it does not fire"
 
 
-@pytest.mark.parametrize("name", sorted({name for _, name, _ in rule_cases()}))
+@pytest.mark.parametrize("name", sorted({case[1] for case in rule_cases()}))
 def test_every_alert_has_a_section_in_the_docs(name: str) -> None:
     """docs/alerts.md has a heading that is exactly the alert name (its anchor is the runbook's)."""
     assert name in doc_headings(), f"docs/alerts.md has no heading '{name}' (anchor #{name.lower()})"
@@ -166,5 +166,5 @@ def test_every_alert_has_a_section_in_the_docs(name: str) -> None:
 def test_alert_names_are_unique_across_files() -> None:
     """An alert name lives in one rules file only (its severities may differ within that file)."""
     owner: dict[str, Path] = {}
-    for path, name, _ in rule_cases():
+    for path, name, _rule in rule_cases():
         assert owner.setdefault(name, path) == path, f"{name} is in {owner[name].name} and {path.name}"

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """deepseek.cluster inference probe: a real inference per scrape, exported for Prometheus.
 
 Multi-target, as blackbox_exporter is: Prometheus scrapes ``/probe?target=<host:port>&module=<name>`` (and
@@ -39,7 +38,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -147,16 +146,15 @@ class Result:
     reason: str = ""
     responses: int = 0
     finish_reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def split_target(target: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` into host and port; ValueError when there is no port."""
     if target.startswith("["):
-        host, _, rest = target[1:].partition("]")
+        host, rest = target[1:].partition("]")[::2]
         port = rest.lstrip(":")
     else:
-        host, _, port = target.rpartition(":")
+        host, port = target.rpartition(":")[::2]
     if not host or not port.isdigit():
         raise ValueError(f"target must be host:port, got {target!r}")
     return host, int(port)

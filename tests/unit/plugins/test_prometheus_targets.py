@@ -64,7 +64,7 @@ def test_every_host_is_scraped_by_node_exporter_with_node_and_site_labels():
 
 
 def test_triton_on_every_gpu_node_dcgm_only_where_it_runs():
-    assert {n for _, n in flat(targets("triton"))} == {"p-gpu1", "p-gpu2", "p-fb", "s-gpu1"}
+    assert {pair[1] for pair in flat(targets("triton"))} == {"p-gpu1", "p-gpu2", "p-fb", "s-gpu1"}
     assert targets("dcgm") == []
     assert flat(targets("dcgm", dcgm_hosts=["p-gpu1", "mon"])) == {("10.0.1.1:9400", "p-gpu1")}
 
