@@ -336,6 +336,13 @@ def fallback_checks(client: docker.DockerClient, hosts: list[Host]) -> list[str]
     monitor = next((h for h in hosts if "monitoring" in h.groups), None)
     if monitor is None:
         return ["the lab has no host in group monitoring"]
+    return proxy_fallback_checks(client, proxies, main, fallback, monitor)
+
+
+def proxy_fallback_checks(
+    client: docker.DockerClient, proxies: list[Host], main: list[Host], fallback: list[Host], monitor: Host
+) -> list[str]:
+    """Each proxy's fallback pool, with nothing else sending requests."""
     failures = []
     for proxy in proxies:
         site = site_of(proxy)
@@ -357,8 +364,11 @@ def fallback_checks(client: docker.DockerClient, hosts: list[Host]) -> list[str]
 def main() -> int:
     """Run the check against the running lab (make lab first)."""
     from lab import lab_hosts
+    from monitoring_check import probe_paused
 
-    failures = fallback_checks(docker.from_env(), lab_hosts())
+    client, hosts = docker.from_env(), lab_hosts()
+    with probe_paused(client, hosts):
+        failures = fallback_checks(client, hosts)
     for failure in failures:
         log(f"FAILED: {failure}")
     return 1 if failures else 0

@@ -968,10 +968,11 @@ def cmd_up(client: docker.DockerClient) -> int:
         return 1
     log(f"site.yml converged in {run.seconds:.0f} s with {run.changed} changes")
     status(client, hosts)
-    from monitoring_check import monitoring_status  # Prometheus, the probe's results, the alerts
+    from monitoring_check import monitoring_status, probe_paused  # Prometheus, the probe's results, the alerts
 
     monitoring_status(client, hosts, next(h for h in hosts if "monitoring" in h.groups))
-    failures = site_checks(client, hosts)
+    with probe_paused(client, hosts):  # the checks count requests one by one
+        failures = site_checks(client, hosts)
     for failure in failures:
         log(f"FAILED: {failure}")
     return 1 if failures else 0
@@ -1003,12 +1004,13 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
             failures.append(f"recap hosts {sorted(second.recap)} differ from the lab hosts")
         # Monitoring first, while nothing but the converges has happened: a healthy lab raises no alert (the
         # checks after this one refuse and rate-limit requests on purpose).
-        from monitoring_check import monitoring_checks
+        from monitoring_check import monitoring_checks, probe_paused
 
         failures += monitoring_checks(client, hosts, next(h for h in hosts if "monitoring" in h.groups))
-        failures += end_to_end_checks(client, hosts)
-        if not failures:
-            failures += revocation_checks(client, [h for h in hosts if "proxies" in h.groups])
+        with probe_paused(client, hosts):  # the checks below count requests one by one
+            failures += end_to_end_checks(client, hosts)
+            if not failures:
+                failures += revocation_checks(client, [h for h in hosts if "proxies" in h.groups])
         log(
             f"gpu_nodes.yml --check {check.seconds:.0f} s, first converge {first.seconds:.0f} s "
             f"({first.changed} changes), second {second.seconds:.0f} s"

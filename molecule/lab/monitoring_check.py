@@ -14,7 +14,8 @@ import json
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -157,6 +158,26 @@ def systemctl(client: docker.DockerClient, host: str, action: str, unit: str = T
     result = client.containers.get(host).exec_run(["systemctl", action, unit])
     if result.exit_code != 0:
         raise RuntimeError(f"systemctl {action} {unit} on {host}: {result.output.decode(errors='replace')}")
+
+
+PROBE_UNIT = "deepseek-inference-probe"
+
+
+@contextmanager
+def probe_paused(client: docker.DockerClient, hosts: list[Host]) -> Iterator[None]:
+    """The inference probe stopped on the monitoring hosts meanwhile.
+
+    It sends requests through the proxies every 30 s; checks that count requests, Triton's counters and audit
+    lines one by one (proxy_checks, fallback_check.py) run without it.
+    """
+    monitors = [h.name for h in hosts if "monitoring" in h.groups]
+    for name in monitors:
+        systemctl(client, name, "stop", PROBE_UNIT)
+    try:
+        yield
+    finally:
+        for name in monitors:
+            systemctl(client, name, "start", PROBE_UNIT)
 
 
 @dataclass
