@@ -51,9 +51,21 @@ def promtool() -> Path:
 def run_local_play(work: Path, hosts: dict, play: list, out: Path) -> dict:
     """Run ``play`` on ``hosts`` (inventory host -> variables) with a local connection, from this checkout.
 
-    The play writes what it rendered to ``out``/rendered.json, which is returned. ``work``/library may hold
-    stand-in modules.
+    Each host sets the fact ``rendered``; a last task writes every host's to ``out``/rendered.json, which is
+    returned. ``work``/library may hold stand-in modules.
     """
+    play[-1]["tasks"].append(
+        {
+            "name": "Write what every host got",
+            "ansible.builtin.copy": {
+                "dest": f"{out}/rendered.json",
+                "mode": "0644",
+                "content": "{{ dict(ansible_play_hosts | zip(ansible_play_hosts"
+                " | map('extract', hostvars, 'rendered'))) | to_json }}",
+            },
+            "run_once": True,
+        }
+    )
     common = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     for values in hosts.values():
         values.update(common)

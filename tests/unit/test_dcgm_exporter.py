@@ -171,16 +171,6 @@ def render_playbook(out: Path) -> list:
                     },
                 },
                 {"name": "Render", "ansible.builtin.set_fact": {"rendered": rendered}},
-                {
-                    "name": "Write what every host got",
-                    "ansible.builtin.copy": {
-                        "dest": f"{out}/rendered.json",
-                        "mode": "0644",
-                        "content": "{{ dict(ansible_play_hosts | zip(ansible_play_hosts"
-                        " | map('extract', hostvars, 'rendered'))) | to_json }}",
-                    },
-                    "run_once": True,
-                },
             ],
         }
     ]

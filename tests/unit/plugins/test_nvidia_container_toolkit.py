@@ -269,16 +269,6 @@ def render_playbook(out: Path) -> list:
                     "ansible.builtin.set_fact": {"rendered": {"gpu": False}},
                     "when": "not __nvidia_container_toolkit_gpu_present | bool",
                 },
-                {
-                    "name": "Write what every host got",
-                    "ansible.builtin.copy": {
-                        "dest": f"{out}/rendered.json",
-                        "mode": "0644",
-                        "content": "{{ dict(ansible_play_hosts | zip(ansible_play_hosts"
-                        " | map('extract', hostvars, 'rendered'))) | to_json }}",
-                    },
-                    "run_once": True,
-                },
             ],
         }
     ]
