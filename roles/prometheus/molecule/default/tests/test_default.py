@@ -14,6 +14,7 @@ GROUPS = {
     "deepseek-proxy",
     "deepseek-node",
     "deepseek-certs",
+    "deepseek-replication",
     "deepseek-monitoring",
 }
 
