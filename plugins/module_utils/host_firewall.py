@@ -141,8 +141,9 @@ def deployment_rules(
     host admits node_exporter from the monitoring hosts, GPU nodes dcgm-exporter too (when ``ports`` has
     ``dcgm_exporter``). Monitoring hosts admit Prometheus and Alertmanager (``prometheus``, ``alertmanager``)
     from each other and ``monitoring_sources``, Alertmanager's cluster port (TCP and UDP) from each other; hosts
-    of group ``grafana`` admit Grafana (``grafana``) from ``monitoring_sources``. ``addresses``
-    maps each host to the addresses it connects from; a GPU node or proxy without a site fails (it would
+    of group ``grafana`` admit Grafana (``grafana``) from ``monitoring_sources``; hosts of group ``dns_servers``
+    admit DNS (``dns``, TCP and UDP) from ``client_sources``, ``monitoring_sources`` and the monitoring hosts.
+    ``addresses`` maps each host to the addresses it connects from; a GPU node or proxy without a site fails (it would
     admit nobody or the wrong site).
     """
     missing = [k for k in PORT_KEYS if k not in ports]
@@ -210,5 +211,11 @@ def deployment_rules(
             )
     if host in groups.get("grafana", []) and ports.get("grafana"):
         rules.append({"name": "grafana", "ports": [ports["grafana"]], "sources": sorted(set(monitoring_sources or []))})
+    if host in groups.get("dns_servers", []) and ports.get("dns"):
+        # The service name's zone (dns_server): clients resolve it, the failover's updates (TSIG-signed) come
+        # from the controller, which must be among client_sources or monitoring_sources.
+        dns = sorted(set(client_sources) | set(monitoring_sources or []) | set(monitors))
+        rules.append({"name": "dns", "ports": [ports["dns"]], "sources": dns})
+        rules.append({"name": "dns-udp", "proto": "udp", "ports": [ports["dns"]], "sources": dns})
     rules.append({"name": "node-exporter", "ports": [ports["node_exporter"]], "sources": monitors})
     return rules

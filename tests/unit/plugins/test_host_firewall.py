@@ -186,5 +186,19 @@ def test_grafana_admits_the_monitoring_sources_only():
     assert "grafana" not in rules_of("mon", ports=ports)
 
 
+def test_dns_servers_admit_clients_operators_and_monitoring_over_tcp_and_udp():
+    groups = {**GROUPS, "dns_servers": ["mon"]}
+    ports = {**MONITORING_PORTS, "dns": 53}
+    rules = rules_of(
+        "mon", groups=groups, ports=ports, client_sources=["192.0.2.0/24"], monitoring_sources=["10.8.0.0/24"]
+    )
+    assert rules["dns"] == ([53], ["10.8.0.0/24", "10.9.0.5", "192.0.2.0/24"])
+    assert rules["dns-udp"] == ([53], ["10.8.0.0/24", "10.9.0.5", "192.0.2.0/24"])
+    udp = [r["name"] for r in deployment_rules("mon", groups, ADDRESSES, SITES, ports, ["0.0.0.0/0"]) if r.get("proto")]
+    assert "dns-udp" in udp
+    assert "dns" not in rules_of("mon", ports=ports)  # not a DNS server
+    assert "dns" not in rules_of("mon", groups=groups, ports=MONITORING_PORTS)  # no port given
+
+
 def test_the_probe_reaches_the_proxies_whatever_the_client_sources():
     assert rules_of("p-proxy", client_sources=["192.0.2.0/24"])["mtls-proxy"] == ([8443], ["10.9.0.5", "192.0.2.0/24"])
