@@ -5,6 +5,7 @@
 dr_replication_pairs: per host, its replication mode (sender, receiver, none), its peers or its sender.
 dr_replication_endpoints: the named hosts' replication address and key, as the role's peers or senders.
 dr_active_site: the site that serves, from the hosts' records of the last switch (failover, failback).
+dr_service_addresses: the addresses clients reach the named hosts at (the service name's A records).
 """
 
 from __future__ import annotations
@@ -24,4 +25,5 @@ class FilterModule:
             "dr_replication_pairs": as_filter_error(dr_pairs.replication_pairs, (ValueError,)),
             "dr_replication_endpoints": as_filter_error(dr_pairs.endpoints, (ValueError,)),
             "dr_active_site": dr_pairs.active_site,
+            "dr_service_addresses": as_filter_error(dr_pairs.service_addresses, (ValueError,)),
         }

@@ -111,3 +111,21 @@ def active_site(states: dict[str, Any], default: str) -> dict[str, Any]:
             fenced = str(state.get("fenced_site") or "")
             best = {"site": str(state["active_site"]), "epoch": epoch, "recorded_by": host, "fenced_site": fenced}
     return best
+
+
+def service_addresses(names: list[str], hostvars: dict[str, Any]) -> list[str]:
+    """The address clients reach each named host at (deepseek_address, else its default IPv4), sorted.
+
+    For the service name's A records (dns.yml, failover.yml, failback.yml). Raises ValueError for a host
+    with neither (its facts were not gathered: it did not answer).
+    """
+    found = []
+    for name in names:
+        host = hostvars[name]
+        address = host.get("deepseek_address") or host.get("ansible_facts", {}).get("default_ipv4", {}).get("address")
+        if isinstance(address, (list, tuple)):
+            address = address[0] if address else None
+        if not address:
+            raise ValueError(f"{name}: no deepseek_address and no default IPv4 address in its facts (did it answer?)")
+        found.append(str(address))
+    return sorted(found)

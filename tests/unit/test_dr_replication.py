@@ -115,7 +115,7 @@ def test_publish_is_complete_owned_and_atomic(tmp_path):
 
 
 @AS_ROOT
-def test_a_rejected_version_is_counted_once_and_never_published(tmp_path):
+def test_a_rejected_version_is_counted_removed_for_a_new_transfer_and_never_published(tmp_path):
     cfg = config(tmp_path, artifact_root=tmp_path / "artifacts")
     version = cfg.inbox / "artifacts" / "deepseek" / "3"
     make_version(version, {"weights.bin": b"w" * 10})
@@ -124,9 +124,25 @@ def test_a_rejected_version_is_counted_once_and_never_published(tmp_path):
     publish.publish_artifacts(cfg, state)
     publish.publish_artifacts(cfg, state)
     assert state.rejected_total == {"deepseek": 1}
+    assert not version.exists()  # the sender sends it whole again
     assert not (tmp_path / "artifacts" / "deepseek" / "3").exists()
     text = publish.metrics_text(cfg, state, time.time())
     assert 'deepseek_dr_version_rejected_total{model="deepseek"} 1' in text
+
+
+@AS_ROOT
+def test_a_pinned_manifest_decides_whatever_the_sender_says(tmp_path):
+    version = {"weights.bin": b"w" * 10}
+    make_version(tmp_path / "ref", version)
+    pin = hashlib.sha256((tmp_path / "ref" / ".manifest").read_bytes()).hexdigest()
+    cfg = config(tmp_path, artifact_root=tmp_path / "artifacts", pinned={"deepseek/5": "0" * 64, "deepseek/6": pin})
+    make_version(cfg.inbox / "artifacts" / "deepseek" / "5", version)  # consistent, but not what was pinned
+    make_version(cfg.inbox / "artifacts" / "deepseek" / "6", version)
+    state = publish.State()
+    publish.publish_artifacts(cfg, state)
+    assert state.rejected_total == {"deepseek": 1}
+    assert not (tmp_path / "artifacts" / "deepseek" / "5").exists()
+    assert (tmp_path / "artifacts" / "deepseek" / "6" / ".published").exists()
 
 
 def test_a_version_without_its_marker_waits(tmp_path):
@@ -178,6 +194,51 @@ def test_install_tree_mirrors_and_reports_change(tmp_path):
     assert publish.tree(src / "deepseek") == publish.tree(dest / "deepseek")
     assert not (dest / "deepseek" / "1").exists()
     assert publish.install_tree(src / "deepseek", dest / "deepseek", gid) is False
+
+
+def test_no_new_code_comes_over_the_wire():
+    local = {
+        "config.pbtxt": b'name: "deepseek"\nversion_policy {\n  specific {\n    versions: 1\n  }\n}\n',
+        "1": None,
+        "1/model.py": b"# the role's model\n",
+        "1/model.yaml": b"model: /var/lib/triton/artifacts/deepseek/1\n",
+    }
+    new_version = {
+        "config.pbtxt": b'name: "deepseek"\nversion_policy {\n  specific {\n    versions: [2]\n  }\n}\n',
+        "2": None,
+        "2/model.py": b"# the role's model\n",
+        "2/model.yaml": b"model: /var/lib/triton/artifacts/deepseek/2\n",
+    }
+    assert publish.foreign_files(new_version, local, "deepseek") == []
+    changed_code = {**new_version, "2/model.py": b"import os; os.system('id')\n"}
+    assert publish.foreign_files(changed_code, local, "deepseek") == ["2/model.py"]
+    other_backend = {**new_version, "config.pbtxt": new_version["config.pbtxt"].replace(b'"deepseek"', b'"other"')}
+    assert publish.foreign_files(other_backend, local, "deepseek") == ["config.pbtxt"]
+    other_yaml = {**new_version, "2/model.yaml": b"model: /tmp/elsewhere\ntrust_remote_code: true\n"}
+    assert publish.foreign_files(other_yaml, local, "deepseek") == ["2/model.yaml"]
+
+
+@AS_ROOT
+def test_a_model_with_foreign_files_is_refused_and_counted(tmp_path):
+    cfg = config(tmp_path, model_repository=tmp_path / "models")
+    write_model(cfg.model_repository, ["1"], ["1"])
+    write_model(cfg.inbox / "small" / "models", ["2"], ["2"])
+    (cfg.inbox / "small" / "models" / "deepseek" / "2" / "model.py").write_text("# 1\n")  # known code: allowed
+    state = publish.State()
+    publish.install_models(cfg, state)
+    assert "versions: [2]" in (cfg.model_repository / "deepseek" / "config.pbtxt").read_text()
+    (cfg.inbox / "small" / "models" / "deepseek" / "2" / "model.py").write_text("# new code\n")
+    publish.install_models(cfg, state)
+    assert (cfg.model_repository / "deepseek" / "2" / "model.py").read_text() == "# 1\n"
+    assert state.refused_total == {"deepseek": 1}
+    assert 'deepseek_dr_model_refused_total{model="deepseek"} 1' in publish.metrics_text(cfg, state, 1.0)
+
+
+def test_tree_leaves_out_rsyncs_holding_directory(tmp_path):
+    (tmp_path / ".~tmp~").mkdir()
+    (tmp_path / ".~tmp~" / "config.pbtxt").write_text("half")
+    (tmp_path / "config.pbtxt").write_text("whole")
+    assert publish.tree(tmp_path) == {"config.pbtxt": b"whole"}
 
 
 def test_prune_drops_versions_the_active_site_no_longer_lists(tmp_path):
@@ -274,12 +335,13 @@ def test_sender_pushes_the_outbox_whole_and_versions_marker_last(tmp_path):
         assert flag in small
     assert small[-2:] == [f"{tmp_path}/outbox/", "deepseek-dr@[fd00::5]:small/"]
     ssh = small[small.index("-e") + 1]
-    for option in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "-p 2222"):
+    for option in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "-p 2222", "/%C-small"):
         assert option in ssh
     files = sync.artifact_rsync_argv(cfg, cfg.peers[0], Path("/a/deepseek/2"), "deepseek/2", False)
     assert "--partial-dir=.rsync-partial" in files
     assert "--exclude=/.published" in files
     assert "--bwlimit=5000" in files
+    assert "/%C-artifacts" in files[files.index("-e") + 1]  # its own connection: never in the heartbeat's way
     marker = sync.artifact_rsync_argv(cfg, cfg.peers[0], Path("/a/deepseek/2"), "deepseek/2", True)
     assert marker[-2:] == ["/a/deepseek/2/.published", "deepseek-dr@[fd00::5]:artifacts/deepseek/2/"]
 

@@ -64,6 +64,7 @@ class Config:
     load_timeout: float = 7200.0
     pki_dir: Path | None = None
     pki_reload: list[str] = field(default_factory=list)
+    pinned: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -87,6 +88,7 @@ class Config:
             load_timeout=float(raw.get("load_timeout", 7200)),
             pki_dir=opt_path("pki_dir"),
             pki_reload=list(raw.get("pki_reload", [])),
+            pinned=dict(raw.get("pinned", {})),
         )
 
 
@@ -118,14 +120,21 @@ def parse_manifest(text: str) -> dict[str, str]:
     return files
 
 
-def verify_version(version_dir: Path) -> dict[str, str]:
-    """Check a replicated version against its manifest and marker; return the manifest or raise ValueError."""
+def verify_version(version_dir: Path, pinned: str = "") -> dict[str, str]:
+    """Check a replicated version against its manifest and marker; return the manifest or raise ValueError.
+
+    pinned: the sha256 the inventory pins for this version's manifest (triton_server_artifact_manifest_sha256),
+    which the controller gives the receiver: then the manifest must be that one, whatever the sender says.
+    """
     manifest_path = version_dir / MANIFEST
     marker = (version_dir / PUBLISHED_MARKER).read_text(encoding="utf-8").split()
     if not manifest_path.is_file():
         raise ValueError("no manifest")
-    if not marker or marker[0].lower() != sha256_file(manifest_path):
+    digest = sha256_file(manifest_path)
+    if not marker or marker[0].lower() != digest:
         raise ValueError("the marker does not match the manifest")
+    if pinned and digest != pinned.lower():
+        raise ValueError(f"the manifest's sha256 {digest} is not the pinned {pinned.lower()}")
     files = parse_manifest(manifest_path.read_text(encoding="utf-8"))
     for rel, sha in files.items():
         path = version_dir / rel
@@ -179,11 +188,14 @@ def policy_versions(config_text: str, version_dirs: list[str]) -> list[str]:
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
-    """Relative path -> content (None for a directory) of every entry under root."""
+    """Relative path -> content (None for a directory) of every entry under root.
+
+    Symlinks and dot entries (rsync's --delay-updates directory .~tmp~, temporary files) are left out.
+    """
     entries: dict[str, bytes | None] = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        if path.is_symlink():
+        if path.is_symlink() or any(part.startswith(".") for part in Path(rel).parts):
             continue
         entries[rel] = None if path.is_dir() else path.read_bytes()
     return entries
@@ -263,10 +275,11 @@ def newest_update(text: str) -> float:
 class State:
     """What the loop has done, for its metrics and to avoid redoing work."""
 
-    rejected: dict[str, str] = field(default_factory=dict)  # version -> marker content that failed
     rejected_total: dict[str, int] = field(default_factory=dict)  # model -> count
     published: dict[str, int] = field(default_factory=dict)  # model -> newest version published here
     installed: dict[str, str] = field(default_factory=dict)  # model -> versions installed in the repository
+    refused: dict[str, list[str]] = field(default_factory=dict)  # model -> files new to this host, last seen
+    refused_total: dict[str, int] = field(default_factory=dict)
     load_failures: dict[str, int] = field(default_factory=dict)
     loaded_at: dict[str, float] = field(default_factory=dict)
     loading: set[str] = field(default_factory=set)
@@ -288,22 +301,23 @@ def publish_artifacts(cfg: Config, state: State) -> None:
         if (cfg.artifact_root / rel).exists():
             state.published[model] = max(state.published.get(model, 0), int(version))
             continue
-        stamp = marker.read_text(encoding="utf-8").strip()
-        if state.rejected.get(rel) == stamp:
-            continue
         try:
-            files = verify_version(version_dir)
+            files = verify_version(version_dir, cfg.pinned.get(rel, ""))
         except (OSError, ValueError) as exc:
-            state.rejected[rel] = stamp
-            state.rejected_total[model] = state.rejected_total.get(model, 0) + 1
-            print(f"version {rel} rejected, not published: {exc}", file=sys.stderr, flush=True)
+            # Removed from the inbox: the sender sends it whole again (it looks again every resend interval).
+            shutil.rmtree(version_dir, ignore_errors=True)
+            with state.lock:
+                state.rejected_total[model] = state.rejected_total.get(model, 0) + 1
+            print(
+                f"version {rel} rejected and removed from the inbox, not published: {exc}", file=sys.stderr, flush=True
+            )
             continue
         publish_version(cfg, rel, files)
         state.published[model] = max(state.published.get(model, 0), int(version))
         print(f"version {rel} verified and published", flush=True)
 
 
-def prune_inbox(cfg: Config) -> None:
+def prune_inbox(cfg: Config, _state: State | None = None) -> None:
     """Drop inbox versions the active site no longer lists (it pruned them); the published ones stay."""
     listing = cfg.inbox / "small" / "published.json"
     incoming = cfg.inbox / "artifacts"
@@ -341,6 +355,39 @@ def models_ready(cfg: Config, model_src: Path) -> list[str]:
     return versions
 
 
+def _normalised(rel: str, content: bytes, model: str) -> bytes:
+    """A configuration with its version numbers blanked: config.pbtxt's version_policy, <model>/<N> paths."""
+    text = content.decode("utf-8", errors="replace")
+    if Path(rel).name == "config.pbtxt":
+        text = VERSION_POLICY.sub("version_policy {}", text)
+    text = re.sub(rf"(/{re.escape(model)}/)\d+\b", r"\1N", text)
+    return text.encode()
+
+
+def foreign_files(want: dict[str, bytes | None], have: dict[str, bytes | None], model: str) -> list[str]:
+    """Files of a replicated model repository this host could not have produced itself.
+
+    No new code comes over the wire: a file is accepted when a file with the same content is already in the
+    local repository (the code and tokenizer the host's own triton_server role rendered: a new version
+    directory of the same code), or when it is config.pbtxt or model.yaml and equals the local one but for
+    version numbers. Anything else (a changed model.py, another backend, new parameters) waits for this site's
+    own converge (site.yml), which renders it from the inventory.
+    """
+    known = {hashlib.sha256(c).hexdigest() for c in have.values() if c is not None}
+    configs: dict[str, set[bytes]] = {}
+    for rel, content in have.items():
+        if content is not None and Path(rel).name in ("config.pbtxt", "model.yaml"):
+            configs.setdefault(Path(rel).name, set()).add(_normalised(rel, content, model))
+    foreign = []
+    for rel, content in want.items():
+        if content is None or hashlib.sha256(content).hexdigest() in known:
+            continue
+        if _normalised(rel, content, model) in configs.get(Path(rel).name, set()):
+            continue
+        foreign.append(rel)
+    return foreign
+
+
 def install_models(cfg: Config, state: State) -> None:
     """Install each replicated model whose versions are all here, and load it in the background."""
     incoming = cfg.inbox / "small" / "models"
@@ -352,7 +399,21 @@ def install_models(cfg: Config, state: State) -> None:
         versions = models_ready(cfg, model_src)
         if not versions or model in state.loading:
             continue
-        if not install_tree(model_src, cfg.model_repository / model, gid) and state.installed.get(model):
+        dest = cfg.model_repository / model
+        foreign = foreign_files(tree(model_src), tree(dest) if dest.is_dir() else {}, model)
+        if foreign:
+            if state.refused.get(model) != foreign:
+                print(
+                    f"model {model}: not installed, new to this host: {', '.join(foreign[:5])}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                with state.lock:
+                    state.refused[model] = foreign
+                    state.refused_total[model] = state.refused_total.get(model, 0) + 1
+            continue
+        state.refused.pop(model, None)
+        if not install_tree(model_src, dest, gid) and state.installed.get(model):
             continue
         state.installed[model] = ",".join(versions)
         if cfg.triton_url:
@@ -451,6 +512,12 @@ def metrics_text(cfg: Config, state: State, now: float) -> str:
                 "When a replicated model was last loaded.",
                 state.loaded_at,
             ),
+            (
+                "deepseek_dr_model_refused_total",
+                "counter",
+                "Replicated models not installed: files new to this host.",
+                state.refused_total,
+            ),
         ]
         for name, kind, text, values in series:
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
@@ -479,6 +546,7 @@ def known_models(cfg: Config, state: State) -> None:
                     with state.lock:
                         state.rejected_total.setdefault(model.name, 0)
                         state.load_failures.setdefault(model.name, 0)
+                        state.refused_total.setdefault(model.name, 0)
 
 
 def cycle(cfg: Config, state: State) -> None:
@@ -486,12 +554,11 @@ def cycle(cfg: Config, state: State) -> None:
     try:
         known_models(cfg, state)
         if cfg.receiving:
-            for step in (publish_artifacts, install_models, install_crl):
+            for step in (publish_artifacts, install_models, install_crl, prune_inbox):
                 try:
                     step(cfg, state)
                 except Exception as exc:  # noqa: BLE001 - one failing step must not stop the others
                     print(f"{step.__name__}: {exc!r}", file=sys.stderr, flush=True)
-            prune_inbox(cfg)
     finally:
         write_metrics(cfg, state)
 

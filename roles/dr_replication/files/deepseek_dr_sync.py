@@ -85,8 +85,12 @@ class Config:
         )
 
 
-def ssh_command(cfg: Config, peer: Peer) -> str:
-    """The remote shell rsync uses: the dedicated key only, a known host key, one multiplexed connection."""
+def ssh_command(cfg: Config, peer: Peer, stream: str) -> str:
+    """The remote shell rsync uses: the dedicated key only, a known host key, one kept connection per stream.
+
+    One connection per stream (ControlPath ends in the stream's name): a model transfer filling its
+    connection never holds up the heartbeat's, and one dying connection does not take both streams down.
+    """
     opts = [
         "ssh",
         "-i",
@@ -110,7 +114,7 @@ def ssh_command(cfg: Config, peer: Peer) -> str:
         "-o",
         "ControlMaster=auto",
         "-o",
-        f"ControlPath={cfg.control_dir}/%C",
+        f"ControlPath={cfg.control_dir}/%C-{stream}",
         "-o",
         "ControlPersist=60",
     ]
@@ -136,7 +140,7 @@ def small_rsync_argv(cfg: Config, peer: Peer) -> list[str]:
         "--chmod=D0750,F0640",
         f"--timeout={cfg.timeout}",
         "-e",
-        ssh_command(cfg, peer),
+        ssh_command(cfg, peer, "small"),
         f"{cfg.outbox}/",
         remote(peer, "small/"),
     ]
@@ -152,7 +156,7 @@ def artifact_rsync_argv(cfg: Config, peer: Peer, version_dir: Path, rel: str, ma
         "--chmod=D0750,F0640",
         f"--timeout={cfg.timeout}",
         "-e",
-        ssh_command(cfg, peer),
+        ssh_command(cfg, peer, "artifacts"),
     ]
     if marker_only:
         return [*argv, str(version_dir / PUBLISHED_MARKER), remote(peer, f"artifacts/{rel}/")]
@@ -288,22 +292,31 @@ def small_cycle(cfg: Config, metrics: Metrics) -> None:
         metrics.record("small", peer.name, ok, time.monotonic() - start)
 
 
-def artifact_cycle(cfg: Config, metrics: Metrics, sent: dict[str, dict[str, str]]) -> None:
-    """Send every published version a peer has not had yet: files first, the marker after them."""
+RESEND_SECONDS = 600.0
+
+
+def artifact_cycle(cfg: Config, metrics: Metrics, sent: dict[str, dict[str, tuple[str, float]]]) -> None:
+    """Send every published version a peer has not had yet: files first, the marker after them.
+
+    A version sent is sent again every RESEND_SECONDS (rsync then moves nothing if the peer has it): a peer
+    that rejected a copy and removed it gets it again.
+    """
     versions = published_versions(cfg.artifact_root)
     for peer in cfg.peers:
         done = sent.setdefault(peer.name, {})
         start = time.monotonic()
         ok = True
         for rel, marker in versions.items():
-            if done.get(rel) == marker:
+            previous = done.get(rel)
+            if previous is not None and previous[0] == marker and time.monotonic() - previous[1] < RESEND_SECONDS:
                 continue
             version_dir = cfg.artifact_root / rel  # type: ignore[operator]
             if run(artifact_rsync_argv(cfg, peer, version_dir, rel, False), f"artifacts {rel} -> {peer.name}") and run(
                 artifact_rsync_argv(cfg, peer, version_dir, rel, True), f"marker {rel} -> {peer.name}"
             ):
-                done[rel] = marker
-                print(f"version {rel} sent to {peer.name}", flush=True)
+                if previous is None or previous[0] != marker:
+                    print(f"version {rel} sent to {peer.name}", flush=True)
+                done[rel] = (marker, time.monotonic())
             else:
                 ok = False
                 break
@@ -326,14 +339,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--once", action="store_true", help="one cycle of each stream, then exit (tests, benchmarks)")
+    parser.add_argument("--stream", choices=["small", "artifacts", "all"], default="all", help="with --once: which")
     args = parser.parse_args()
     cfg = Config.load(args.config)
     cfg.control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the unit's RuntimeDirectory, or a manual run
     metrics = Metrics(cfg.textfile, [peer.name for peer in cfg.peers])
-    sent: dict[str, dict[str, str]] = {}
+    sent: dict[str, dict[str, tuple[str, float]]] = {}
     if args.once:
-        small_cycle(cfg, metrics)
-        artifact_cycle(cfg, metrics, sent)
+        if args.stream in ("small", "all"):
+            small_cycle(cfg, metrics)
+        if args.stream in ("artifacts", "all"):
+            artifact_cycle(cfg, metrics, sent)
         return 0 if all(n == 0 for n in metrics.failures.values()) else 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -110,3 +110,11 @@ def test_without_a_record_the_inventory_decides():
         "recorded_by": "inventory",
         "fenced_site": "",
     }
+
+
+def test_service_addresses_are_what_clients_reach():
+    from ansible_collections.deepseek.cluster.plugins.module_utils.dr_pairs import service_addresses
+
+    assert service_addresses(["c", "b"], HOSTVARS) == ["10.0.0.2", "10.1.0.3"]
+    with pytest.raises(ValueError, match="d: no deepseek_address"):
+        service_addresses(["d"], HOSTVARS)

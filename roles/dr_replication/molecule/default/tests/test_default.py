@@ -127,26 +127,52 @@ def test_published_version_arrives_verified_and_owned(primary, standby):
     assert standby.file(f"{ARTIFACTS}/1").group == "triton"
 
 
-def test_model_repository_is_installed(primary, standby):
-    wait_for(lambda: standby.file(f"{MODELS}/config.pbtxt").exists, "the model repository on the standby")
+def test_model_repository_is_the_same(primary, standby):
+    wait_for(
+        lambda: standby.file(f"{INBOX}/small/models/deepseek/config.pbtxt").exists, "the model repository in the inbox"
+    )
     assert standby.file(f"{MODELS}/1/model.py").content == primary.file(f"{MODELS}/1/model.py").content
     assert standby.file(f"{MODELS}/config.pbtxt").group == "triton"
 
 
 def test_new_changed_and_deleted_files(primary, standby):
+    inbox = f"{INBOX}/small/models/deepseek/1/extra.txt"
     primary.check_output(f"echo new > {MODELS}/1/extra.txt && chgrp triton {MODELS}/1/extra.txt")
-    wait_for(lambda: standby.file(f"{MODELS}/1/extra.txt").exists, "a new file on the standby")
+    wait_for(lambda: standby.file(inbox).exists, "a new file in the standby's inbox")
     primary.check_output(f"echo changed > {MODELS}/1/extra.txt")
-    wait_for(lambda: standby.file(f"{MODELS}/1/extra.txt").content_string == "changed\n", "a changed file")
+    wait_for(lambda: standby.file(inbox).content_string == "changed\n", "a changed file")
+    # Content the standby never had is not installed into its repository (no new code over the wire).
+    samples = wait_for(
+        lambda: (
+            (s := metrics(standby, "deepseek_dr.prom")).get('deepseek_dr_model_refused_total{model="deepseek"}', 0) >= 1
+            and s
+        ),
+        "the repository with a file new to the standby refused",
+    )
+    assert samples['deepseek_dr_model_refused_total{model="deepseek"}'] >= 1
+    assert not standby.file(f"{MODELS}/1/extra.txt").exists
     primary.check_output(f"rm {MODELS}/1/extra.txt")
-    wait_for(lambda: not standby.file(f"{MODELS}/1/extra.txt").exists, "a deleted file gone from the standby")
-    assert not standby.file(f"{INBOX}/small/models/1/extra.txt").exists
+    wait_for(lambda: not standby.file(inbox).exists, "a deleted file gone from the standby's inbox")
+
+
+def test_new_code_is_not_installed(primary, standby):
+    primary.check_output(f"cp {MODELS}/1/model.py /root/model.py.bak && echo 'import os' >> {MODELS}/1/model.py")
+    try:
+        wait_for(
+            lambda: "import os" in standby.file(f"{INBOX}/small/models/deepseek/1/model.py").content_string,
+            "the changed model.py in the inbox",
+        )
+        time.sleep(3)  # several passes of the publisher
+        assert "import os" not in standby.file(f"{MODELS}/1/model.py").content_string
+    finally:
+        primary.check_output(f"cp /root/model.py.bak {MODELS}/1/model.py")
 
 
 def test_new_version_is_published_and_served(primary, standby):
     publish_version(primary, 2, 20)
+    # The same code in a new version directory, and the config serving it: what a deploy of version 2 renders.
     primary.check_output(
-        f"mkdir -p {MODELS}/2 && echo 'print(\"version 2\")' > {MODELS}/2/model.py && chgrp -R triton {MODELS}/2 &&"
+        f"cp -a {MODELS}/1 {MODELS}/2.new && mv -T {MODELS}/2.new {MODELS}/2 &&"
         f" sed -i 's/versions: \\[1\\]/versions: [2]/' {MODELS}/config.pbtxt"
     )
     wait_for(lambda: standby.file(f"{ARTIFACTS}/2/.published").exists, "version 2 published", 60)
