@@ -14,17 +14,20 @@ export PY_COLORS := 1
 export ANSIBLE_FORCE_COLOR := 1
 
 .PHONY: help venv engine image lint unit sanity collection molecule molecule-extended \
-        lab lab-down lab-test test test-extended bench clean distclean
+        lab lab-down lab-test lab-failover lab-failback test test-extended bench clean distclean
 
 help:
 	@echo "make lab            build the lab (9 systemd containers) and run site.yml on it"
 	@echo "make lab-down       remove the lab containers and network"
+	@echo "make lab-failover   kill the lab's primary site, run failover.yml, infer through the service name (standby)"
+	@echo "make lab-failback   start the primary site again, run failback.yml (resync, verify, switch back)"
 	@echo "make test           lint, unit, collection build+install, molecule (main scenarios), lab integration"
 	@echo "make test-extended  make test plus the extended molecule scenarios"
 	@echo "make distclean      remove the lab, test containers, base image, virtualenvs and caches: then make test or"
 	@echo "                    make lab starts as on a fresh machine (make distclean test)"
 	@echo "make bench          benchmarks (planning 1,000 hosts, molecule and site.yml over SSH vs docker exec, Triton direct,"
-	@echo "                    monitoring detection time and the probe's cost, the mTLS proxy's cost; leaves the lab up)"
+	@echo "                    monitoring detection time and the probe's cost, replication lag, a model version's way to the"
+	@echo "                    standby and the RTO, the mTLS proxy's cost; leaves the lab up)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv --clear $(VENV)
@@ -70,6 +73,12 @@ lab-down: venv
 lab-test: venv image
 	$(VENV)/bin/python molecule/lab/lab.py test
 
+lab-failover: venv
+	$(VENV)/bin/python molecule/lab/lab.py failover
+
+lab-failback: venv
+	$(VENV)/bin/python molecule/lab/lab.py failback
+
 test: lint unit sanity collection molecule lab-test
 
 test-extended: lint unit sanity collection molecule-extended lab-test
@@ -79,6 +88,7 @@ bench: venv image
 	$(VENV)/bin/python benchmarks/molecule_connection.py
 	$(VENV)/bin/python benchmarks/lab_playbook_time.py --keep
 	$(VENV)/bin/python benchmarks/probe_detection.py
+	$(VENV)/bin/python benchmarks/dr_lab.py
 	$(VENV)/bin/python benchmarks/triton_lab_model.py
 	$(VENV)/bin/python benchmarks/mtls_proxy_overhead.py
 
