@@ -8,6 +8,8 @@ The inventory inventories/lab/hosts.yml is the single source of truth: every hos
     lab.py converge  run site.yml on the existing lab hosts
     lab.py status    print what runs where
     lab.py test      fresh lab, converge twice (the second must change nothing), end-to-end checks, remove
+    lab.py failover  kill the primary site's containers, run failover.yml, infer through the service name
+    lab.py failback  start the primary site again, run failback.yml (resync, verify, switch back), compare
     lab.py down      remove the lab hosts and network
 """
 
@@ -346,8 +348,24 @@ def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
         groups = ",".join(host.groups)
         print(f"{host.name:<20} {ip:<15} {groups:<42} {state}")
     print()
+    import dr_check  # the service name and replication
+
+    try:
+        server = dr_check.dns_server(client, hosts)
+        addresses = dr_check.resolve(dr_check.SERVICE_NAME, server)
+        by_address = {container_ip(client, h): h.name for h in hosts}
+        named = ", ".join(f"{a} ({by_address.get(a, '?')})" for a in addresses)
+        print(f"Active site: {dr_check.SERVICE_NAME} -> {named}   (DNS server {server})")
+    except (OSError, StopIteration, ValueError) as exc:
+        print(f"Active site: {dr_check.SERVICE_NAME} not resolved ({exc})")
+    for primary, standby in dr_check.pairs(hosts):
+        lag = dr_check.textfile(client, standby).get("deepseek_dr_replication_lag_seconds")
+        state = f"lag {lag:.1f} s" if lag is not None else "not receiving"
+        print(f"Replication: {primary.name} -> {standby.name}: {state}")
+    print()
     print(f"Shell on a host:   ssh -F {SSH_CONFIG.relative_to(ROOT)} <host>   (or docker exec -it <host> bash)")
     print("Re-run the stack:  make lab        Remove it:  make lab-down")
+    print("Disaster recovery: make lab-failover (kill the primary, fail over)   make lab-failback (bring it back)")
 
 
 def scrape_argv(monitor: LabHost, host: LabHost, client_cert: bool = True) -> list[str]:
@@ -1011,6 +1029,8 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
             failures += end_to_end_checks(client, hosts)
             if not failures:
                 failures += revocation_checks(client, [h for h in hosts if "proxies" in h.groups])
+        if not failures:
+            failures += dr_cycle(client, hosts)
         log(
             f"gpu_nodes.yml --check {check.seconds:.0f} s, first converge {first.seconds:.0f} s "
             f"({first.changed} changes), second {second.seconds:.0f} s"
@@ -1019,6 +1039,33 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
         if not keep:
             remove_hosts(client)
     return report(failures)
+
+
+def dr_cycle(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
+    """Replication as dr.yml set it up, then a failover (the primary killed) and a failback, by the playbooks."""
+    import dr_check  # replication, failover and failback through the playbooks
+
+    failures: list[str] = []
+    seconds: dict[str, float] = {}
+    for step in (dr_check.replication_checks, dr_check.failover, dr_check.failback):
+        outcome = step(client, hosts)
+        failures += outcome.failures
+        seconds |= outcome.seconds
+        if outcome.failures:
+            break
+    log("dr: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))
+    return failures
+
+
+def cmd_dr(client: docker.DockerClient, command: str) -> int:
+    """Run `make lab-failover` or `make lab-failback` on a lab that runs."""
+    import dr_check
+
+    hosts = lab_hosts()
+    outcome = dr_check.failover(client, hosts) if command == "failover" else dr_check.failback(client, hosts)
+    for name, value in outcome.seconds.items():
+        log(f"{name}: {value:.1f} s")
+    return report(outcome.failures)
 
 
 def report(failures: list[str]) -> int:
@@ -1032,7 +1079,7 @@ def report(failures: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "converge", "status", "test", "down"])
+    parser.add_argument("command", choices=["up", "converge", "status", "test", "failover", "failback", "down"])
     parser.add_argument("--keep", action="store_true", help="test: keep the lab afterwards")
     args = parser.parse_args(argv)
     client = docker.from_env()
@@ -1046,6 +1093,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "test":
         return cmd_test(client, args.keep)
+    if args.command in ("failover", "failback"):
+        return cmd_dr(client, args.command)
     remove_hosts(client)
     return 0
 
