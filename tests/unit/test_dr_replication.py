@@ -360,5 +360,9 @@ def test_sender_metrics_start_at_zero_failures(tmp_path):
     assert 'deepseek_dr_sync_failures_total{stream="small",peer="s1"} 0' in text
     assert "deepseek_dr_sending 1" in text
     metrics.record("artifacts", "s1", False, 1.5)
+    metrics.record("small", "s1", True, 0.25)
     text = (tmp_path / "m.prom").read_text()
     assert 'deepseek_dr_sync_failures_total{stream="artifacts",peer="s1"} 1' in text
+    assert 'deepseek_dr_sync_duration_seconds{stream="artifacts",peer="s1"} 1.500' in text
+    success = next(line for line in text.splitlines() if line.startswith("deepseek_dr_sync_last_success"))
+    assert abs(float(success.rsplit(" ", 1)[1]) - time.time()) < 5

@@ -249,30 +249,22 @@ class Metrics:
             "# HELP deepseek_dr_sending 1 while this host replicates to the other site.",
             "# TYPE deepseek_dr_sending gauge",
             "deepseek_dr_sending 1",
-            "# HELP deepseek_dr_sync_last_success_timestamp_seconds When a stream last reached a peer, Unix time.",
-            "# TYPE deepseek_dr_sync_last_success_timestamp_seconds gauge",
         ]
-        lines += [
-            f'deepseek_dr_sync_last_success_timestamp_seconds{{stream="{s}",peer="{p}"}} {t:.3f}'
-            for (s, p), t in sorted(self.success.items())
-        ]
-        lines += [
-            "# HELP deepseek_dr_sync_failures_total Failed attempts per stream and peer.",
-            "# TYPE deepseek_dr_sync_failures_total counter",
-        ]
-        lines += [
-            f'deepseek_dr_sync_failures_total{{stream="{s}",peer="{p}"}} {n}'
-            for (s, p), n in sorted(self.failures.items())
-        ]
-        lines += [
-            "# HELP deepseek_dr_sync_duration_seconds Duration of the last attempt per stream and peer.",
-            "# TYPE deepseek_dr_sync_duration_seconds gauge",
-        ]
-        lines += [
-            f'deepseek_dr_sync_duration_seconds{{stream="{s}",peer="{p}"}} {d:.3f}'
-            for (s, p), d in sorted(self.duration.items())
-        ]
+        series = (
+            ("last_success_timestamp_seconds", "gauge", "When a stream last reached a peer, Unix time.", self.success),
+            ("failures_total", "counter", "Failed attempts per stream and peer.", self.failures),
+            ("duration_seconds", "gauge", "Duration of the last attempt per stream and peer.", self.duration),
+        )
+        for suffix, kind, text, values in series:
+            name = f"deepseek_dr_sync_{suffix}"
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            lines += [f'{name}{{stream="{s}",peer="{p}"}} {_number(v)}' for (s, p), v in sorted(values.items())]
         write_atomic(self.path, "\n".join(lines) + "\n")
+
+
+def _number(value: float) -> str:
+    """A sample's value: counters as integers, times to the millisecond (never in exponent form)."""
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def run(argv: list[str], label: str) -> bool:
