@@ -145,6 +145,17 @@ def test_a_pinned_manifest_decides_whatever_the_sender_says(tmp_path):
     assert (tmp_path / "artifacts" / "deepseek" / "6" / ".published").exists()
 
 
+def test_with_pins_an_unpinned_version_waits_untouched(tmp_path):
+    cfg = config(tmp_path, artifact_root=tmp_path / "artifacts", pinned={"deepseek/1": "0" * 64})
+    make_version(cfg.inbox / "artifacts" / "deepseek" / "7", {"w": b"w"})
+    state = publish.State()
+    publish.publish_artifacts(cfg, state)
+    assert not (tmp_path / "artifacts" / "deepseek" / "7").exists()
+    assert (cfg.inbox / "artifacts" / "deepseek" / "7" / ".published").exists()
+    assert state.unpinned == {"deepseek/7"}
+    assert state.rejected_total == {}
+
+
 def test_a_version_without_its_marker_waits(tmp_path):
     cfg = config(tmp_path, artifact_root=tmp_path / "artifacts")
     make_version(cfg.inbox / "artifacts" / "deepseek" / "4", {"weights.bin": b"w"})
@@ -190,10 +201,10 @@ def test_install_tree_mirrors_and_reports_change(tmp_path):
     write_model(src, ["2"], ["2"])
     write_model(dest, ["1"], ["1"])
     gid = grp.getgrnam(GROUP).gr_gid
-    assert publish.install_tree(src / "deepseek", dest / "deepseek", gid) is True
+    assert publish.install_tree(publish.tree(src / "deepseek"), dest / "deepseek", gid) is True
     assert publish.tree(src / "deepseek") == publish.tree(dest / "deepseek")
     assert not (dest / "deepseek" / "1").exists()
-    assert publish.install_tree(src / "deepseek", dest / "deepseek", gid) is False
+    assert publish.install_tree(publish.tree(src / "deepseek"), dest / "deepseek", gid) is False
 
 
 def test_no_new_code_comes_over_the_wire():
@@ -216,6 +227,14 @@ def test_no_new_code_comes_over_the_wire():
     assert publish.foreign_files(other_backend, local, "deepseek") == ["config.pbtxt"]
     other_yaml = {**new_version, "2/model.yaml": b"model: /tmp/elsewhere\ntrust_remote_code: true\n"}
     assert publish.foreign_files(other_yaml, local, "deepseek") == ["2/model.yaml"]
+    # Nothing hides in the blanked policy: a comment, a second policy or another field there is foreign.
+    for config in (
+        b'name: "deepseek"\nversion_policy {\n  specific {\n    versions: 2 # versions: 9\n  }\n}\n',
+        b'name: "deepseek"\nversion_policy {\n  specific {\n    versions: 2 label: "x"\n  }\n}\n',
+        b'name: "deepseek"\nversion_policy { specific { versions: 2 } }\n'
+        b"version_policy { latest { num_versions: 1 } }\n",
+    ):
+        assert publish.foreign_files({**new_version, "config.pbtxt": config}, local, "deepseek") == ["config.pbtxt"]
 
 
 @AS_ROOT

@@ -44,6 +44,10 @@ PUBLISHED_MARKER = ".published"
 MANIFEST = ".manifest"
 MANIFEST_LINE = re.compile(r"^(?P<sha>[0-9a-fA-F]{64}) [ *](?P<path>.+)$")
 VERSION_POLICY = re.compile(r"version_policy\s*:?\s*\{\s*specific\s*:?\s*\{(?P<body>[^}]*)\}")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # also a metric label value: nothing to escape
+VERSION_NAME = re.compile(r"^[1-9][0-9]*$")
+# What a version_policy's specific block may hold (Triton's ModelVersionPolicy.Specific: versions only).
+POLICY_BODY = re.compile(r"^\s*(versions\s*:\s*(\d+|\[\s*\d+(\s*,\s*\d+)*\s*\])\s*)+$")
 CRL_PEM = re.compile(r"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----\n?", re.S)
 
 
@@ -145,16 +149,27 @@ def verify_version(version_dir: Path, pinned: str = "") -> dict[str, str]:
     return files
 
 
-def link_or_copy(src: Path, dest: Path) -> None:
-    """Hard link when on the same file system (no second copy of a large model), else copy."""
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
+def _stage_file(src: Path, target: Path, gid: int) -> None:
+    """Copy one inbox file into the root-only staging directory, root:gid 0640.
+
+    A copy, not a link: what is hashed afterwards is an inode the sender's account never had, so no rename in
+    the inbox and no write handle it kept open (rsync --inplace) can change it between the check and the
+    publishing.
+    """
+    if src.is_symlink() or not src.is_file():
+        raise ValueError(f"{src.name} is missing or not a regular file")
+    target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    shutil.copyfile(src, target, follow_symlinks=False)
+    os.chown(target, 0, gid)
+    os.chmod(target, 0o640)
 
 
-def publish_version(cfg: Config, rel: str, files: dict[str, str]) -> Path:
-    """Stage the verified version beside the published ones, owned root:group, then rename it into place."""
+def publish_version(cfg: Config, rel: str, pinned: str = "") -> Path:
+    """Copy the version into a staging directory beside the published ones, verify the copy, rename it in.
+
+    The staging directory is root:group 0750; every file is checked there (manifest, marker, pin), so that
+    what is published is exactly what was verified. Raises ValueError (and leaves nothing) when it fails.
+    """
     assert cfg.artifact_root is not None
     src = cfg.inbox / "artifacts" / rel
     dest = cfg.artifact_root / rel
@@ -166,15 +181,18 @@ def publish_version(cfg: Config, rel: str, files: dict[str, str]) -> Path:
         directory.mkdir(mode=0o750, exist_ok=True)
         os.chown(directory, 0, gid)
         os.chmod(directory, 0o750)  # noqa: S103 - read by the group that serves it
-    for rel_file in [*files, MANIFEST, PUBLISHED_MARKER]:
-        target = staging / rel_file
-        for parent in reversed(target.relative_to(staging).parents[:-1]):
-            (staging / parent).mkdir(mode=0o750, exist_ok=True)
-            os.chown(staging / parent, 0, gid)
-        link_or_copy(src / rel_file, target)
-        # The inode is root's now: the sender's account can no longer write it, even through the link.
-        os.chown(target, 0, gid)
-        os.chmod(target, 0o640)
+    try:
+        for name in (MANIFEST, PUBLISHED_MARKER):
+            _stage_file(src / name, staging / name, gid)
+        for rel_file in parse_manifest((staging / MANIFEST).read_text(encoding="utf-8")):
+            _stage_file(src / rel_file, staging / rel_file, gid)
+        for directory in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
+            os.chown(directory, 0, gid)
+            os.chmod(directory, 0o750)  # noqa: S103 - read by the group that serves it
+        verify_version(staging, pinned)
+    except (OSError, ValueError):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     os.rename(staging, dest)
     return dest
 
@@ -201,9 +219,9 @@ def tree(root: Path) -> dict[str, bytes | None]:
     return entries
 
 
-def install_tree(src: Path, dest: Path, gid: int) -> bool:
-    """Make dest hold exactly src's files (root:gid, 0750/0640), each file replaced in one rename."""
-    want, have = tree(src), tree(dest) if dest.is_dir() else {}
+def install_tree(want: dict[str, bytes | None], dest: Path, gid: int) -> bool:
+    """Make dest hold exactly the files of `want` (tree()'s form; root:gid, 0750/0640), each in one rename."""
+    have = tree(dest) if dest.is_dir() else {}
     if want == have:
         return False
     dest.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -280,6 +298,8 @@ class State:
     installed: dict[str, str] = field(default_factory=dict)  # model -> versions installed in the repository
     refused: dict[str, list[str]] = field(default_factory=dict)  # model -> files new to this host, last seen
     refused_total: dict[str, int] = field(default_factory=dict)
+    unpinned: set[str] = field(default_factory=set)  # versions waiting for the controller's pin (logged once)
+    retry_at: dict[str, float] = field(default_factory=dict)  # model -> when a failed load may be tried again
     load_failures: dict[str, int] = field(default_factory=dict)
     loaded_at: dict[str, float] = field(default_factory=dict)
     loading: set[str] = field(default_factory=set)
@@ -295,14 +315,21 @@ def publish_artifacts(cfg: Config, state: State) -> None:
     for marker in sorted(incoming.glob(f"*/*/{PUBLISHED_MARKER}")):
         version_dir = marker.parent
         model, version = version_dir.parent.name, version_dir.name
-        if not version.isdigit() or model.startswith("."):
+        if not VERSION_NAME.match(version) or not MODEL_NAME.match(model):
             continue
         rel = f"{model}/{version}"
         if (cfg.artifact_root / rel).exists():
             state.published[model] = max(state.published.get(model, 0), int(version))
             continue
+        if cfg.pinned and rel not in cfg.pinned:
+            # The controller vouches for manifests (it pins them): a version it has not pinned waits for it
+            # (the next dr.yml or site.yml run after the deploy), untouched in the inbox.
+            if rel not in state.unpinned:
+                state.unpinned.add(rel)
+                print(f"version {rel} waits: the controller has pinned no manifest for it", file=sys.stderr, flush=True)
+            continue
         try:
-            files = verify_version(version_dir, cfg.pinned.get(rel, ""))
+            publish_version(cfg, rel, cfg.pinned.get(rel, ""))
         except (OSError, ValueError) as exc:
             # Removed from the inbox: the sender sends it whole again (it looks again every resend interval).
             shutil.rmtree(version_dir, ignore_errors=True)
@@ -312,7 +339,6 @@ def publish_artifacts(cfg: Config, state: State) -> None:
                 f"version {rel} rejected and removed from the inbox, not published: {exc}", file=sys.stderr, flush=True
             )
             continue
-        publish_version(cfg, rel, files)
         state.published[model] = max(state.published.get(model, 0), int(version))
         print(f"version {rel} verified and published", flush=True)
 
@@ -364,6 +390,17 @@ def _normalised(rel: str, content: bytes, model: str) -> bytes:
     return text.encode()
 
 
+def _plain_policy(content: bytes | None) -> bool:
+    """A config.pbtxt whose version numbers can be blanked safely: no comment, one version_policy, versions only."""
+    text = (content or b"").decode("utf-8", errors="replace")
+    policies = list(VERSION_POLICY.finditer(text))
+    return (
+        "#" not in text
+        and text.count("version_policy") == len(policies) <= 1
+        and all(POLICY_BODY.match(m.group("body")) for m in policies)
+    )
+
+
 def foreign_files(want: dict[str, bytes | None], have: dict[str, bytes | None], model: str) -> list[str]:
     """Files of a replicated model repository this host could not have produced itself.
 
@@ -380,6 +417,12 @@ def foreign_files(want: dict[str, bytes | None], have: dict[str, bytes | None], 
             configs.setdefault(Path(rel).name, set()).add(_normalised(rel, content, model))
     foreign = []
     for rel, content in want.items():
+        if rel.split("/")[0].isdigit() and not VERSION_NAME.match(rel.split("/")[0]):
+            foreign.append(rel)
+            continue
+        if Path(rel).name == "config.pbtxt" and not _plain_policy(content):
+            foreign.append(rel)
+            continue
         if content is None or hashlib.sha256(content).hexdigest() in known:
             continue
         if _normalised(rel, content, model) in configs.get(Path(rel).name, set()):
@@ -400,7 +443,10 @@ def install_models(cfg: Config, state: State) -> None:
         if not versions or model in state.loading:
             continue
         dest = cfg.model_repository / model
-        foreign = foreign_files(tree(model_src), tree(dest) if dest.is_dir() else {}, model)
+        if not MODEL_NAME.match(model) or time.monotonic() < state.retry_at.get(model, 0.0):
+            continue
+        want = tree(model_src)  # read once: what is checked is what is installed
+        foreign = foreign_files(want, tree(dest) if dest.is_dir() else {}, model)
         if foreign:
             if state.refused.get(model) != foreign:
                 print(
@@ -413,7 +459,7 @@ def install_models(cfg: Config, state: State) -> None:
                     state.refused_total[model] = state.refused_total.get(model, 0) + 1
             continue
         state.refused.pop(model, None)
-        if not install_tree(model_src, dest, gid) and state.installed.get(model):
+        if not install_tree(want, dest, gid) and state.installed.get(model):
             continue
         state.installed[model] = ",".join(versions)
         if cfg.triton_url:
@@ -431,7 +477,8 @@ def load_in_background(cfg: Config, state: State, model: str, versions: list[str
     except (OSError, urllib.error.URLError) as exc:
         with state.lock:
             state.load_failures[model] = state.load_failures.get(model, 0) + 1
-            state.installed.pop(model, None)  # try again next cycle
+            state.installed.pop(model, None)  # try again, in a minute
+            state.retry_at[model] = time.monotonic() + 60
         print(f"model {model}: load failed: {exc}", file=sys.stderr, flush=True)
     finally:
         with state.lock:
@@ -542,7 +589,7 @@ def known_models(cfg: Config, state: State) -> None:
     for parent in (cfg.inbox / "artifacts", cfg.inbox / "small" / "models"):
         if parent.is_dir():
             for model in parent.iterdir():
-                if model.is_dir() and not model.name.startswith("."):
+                if model.is_dir() and MODEL_NAME.match(model.name):
                     with state.lock:
                         state.rejected_total.setdefault(model.name, 0)
                         state.load_failures.setdefault(model.name, 0)
@@ -577,6 +624,8 @@ def main() -> int:
             time.sleep(0.1)
         write_metrics(cfg, state)
         return 0
+    known_models(cfg, state)
+    write_metrics(cfg, state)  # every counter at zero first: a first event is then an increase
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.is_set():
