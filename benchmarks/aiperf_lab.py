@@ -45,10 +45,7 @@ import threading
 from pathlib import Path
 
 import docker
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "molecule" / "lab"))
-import lab  # noqa: E402
+from deepseek_testkit import ROOT, lab
 
 AIPERF_VERSION = "0.13.0"
 AIPERF_VENV = ROOT / ".cache" / "aiperf"

@@ -29,13 +29,9 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
 import docker
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "lab"))
-import dr_check  # noqa: E402
-import lab  # noqa: E402
+from deepseek_testkit import dr_check, lab
 
 SHARED = "/var/lib/deepseek/shared"
 SENDER_UNIT = "deepseek-dr-sync"

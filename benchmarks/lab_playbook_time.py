@@ -22,9 +22,7 @@ import time
 from pathlib import Path
 
 import docker
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "lab"))
-import lab  # noqa: E402
+from deepseek_testkit import lab
 
 CONNECTIONS = ("docker", "ssh")
 DOCKER_OVERLAY = "lab:\n  vars:\n    ansible_connection: community.docker.docker\n"

@@ -35,14 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
-import loadgen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from loadgen import ClientCert, Figures, HttpSession, Target
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "lab"))
-import lab  # noqa: E402
+from deepseek_testkit import lab, loadgen
+from deepseek_testkit.loadgen import ClientCert, Figures, HttpSession, Target
 
 CONCURRENCY = (1, 8, 16, 32)
 ECHO = "bench_echo"

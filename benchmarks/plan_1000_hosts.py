@@ -14,13 +14,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "collections"))
-from ansible_collections.deepseek.cluster.plugins.module_utils.gpu_topology import build_facts  # noqa: E402
-from ansible_collections.deepseek.cluster.plugins.module_utils.parallel_plan import plan  # noqa: E402
+from deepseek_testkit import ROOT, collection_module
+
+build_facts = collection_module("plugins.module_utils.gpu_topology").build_facts
+plan = collection_module("plugins.module_utils.parallel_plan").plan
 
 SMI = ROOT / "tests" / "fixtures" / "nvidia-smi"
 # capture -> (share of the fleet, label)

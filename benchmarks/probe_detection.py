@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import docker
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "lab"))
-import lab  # noqa: E402
-import monitoring_check as mc  # noqa: E402
+from deepseek_testkit import lab
+from deepseek_testkit import monitoring_check as mc
 
 
 def triton_metrics_down(prometheus: str, node: str) -> bool:

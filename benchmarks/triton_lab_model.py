@@ -18,14 +18,10 @@ import argparse
 import os
 import platform
 import sys
-from pathlib import Path
 
 import docker
-import loadgen
-from loadgen import Target
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "lab"))
-import lab  # noqa: E402
+from deepseek_testkit import lab, loadgen
+from deepseek_testkit.loadgen import Target
 
 CONCURRENCY = (1, 8, 16, 32)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ansible-test sanity (and units) for the collection's plugins, from a temporary
+# ansible-test sanity on the collection as built (the tarball's files), from a temporary
 # ansible_collections/deepseek/cluster tree (ansible-test requires that layout).
 # The sanity tools (pylint, validate-modules ...) go into a virtualenv of their own, .venv-sanity,
 # with the same ansible-core as the project (ansible-test --requirements installs them from PyPI).
@@ -26,10 +26,11 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 DEST="$WORK/ansible_collections/deepseek/cluster"
 mkdir -p "$DEST"
-# The collection's own files only: what git tracks or would track, minus test/lab tooling.
-{ git ls-files -z; git ls-files -z --others --exclude-standard; } \
-  | grep -zvE '^(collections|molecule|benchmarks|\.ci|\.config)/|/molecule/' \
-  | xargs -0 cp --parents -t "$DEST"
+# The collection as it ships: the files of the tarball `ansible-galaxy collection build` makes (galaxy.yml's
+# build_ignore leaves out the project's tooling, the lab and the tests, all but the sanity ignore files, so
+# those name shipped files only).
+ansible-galaxy collection build --force --output-path "$WORK/dist" . >/dev/null
+tar -xzf "$WORK"/dist/deepseek-cluster-*.tar.gz -C "$DEST"
 cd "$DEST"
 PY=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 ansible-test sanity --local --requirements --python "$PY" --color no "$@"

@@ -14,9 +14,6 @@ FIXTURES = ROOT / "tests" / "fixtures"
 # Sourced NVIDIA facts and real captures (SOURCES.md says where each comes from).
 NVIDIA_FACTS = FIXTURES / "nvidia-facts"
 
-# deepseek.cluster.* imports resolve from this checkout (collections/ links back to the root).
-sys.path.insert(0, str(ROOT / "collections"))
-
 
 def load_yaml(path: Path):
     """Parse one YAML file."""

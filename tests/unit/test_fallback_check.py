@@ -1,12 +1,8 @@
-"""The lab's overflow check (molecule/lab/fallback_check.py) on real HAProxy output and made-up runs."""
-
-import sys
+"""The lab's overflow check (deepseek_testkit/fallback_check.py) on real HAProxy output and made-up runs."""
 
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "molecule" / "lab"))
-import fallback_check as fc  # noqa: E402
-import lab  # noqa: E402
+from deepseek_testkit import fallback_check as fc
+from deepseek_testkit import lab
 
 FIXTURES = ROOT / "tests" / "unit" / "fixtures" / "lab"
 MAIN = {"lab-primary-gpu1", "lab-primary-gpu2"}

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from ansible_collections.deepseek.cluster.plugins.module_utils.gpu_topology import build_facts
 from conftest import FIXTURES, ROOT
+from deepseek_testkit import load_module
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 GPU = ROOT / "tests" / "gpu"
-sys.path.insert(0, str(GPU))
-import gpu_check  # noqa: E402
+gpu_check = load_module(GPU / "gpu_check.py")  # a script run on GPU hosts, not a package
 
 Failed = gpu_check.Failed
 Result = gpu_check.Result

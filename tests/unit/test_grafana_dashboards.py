@@ -1,4 +1,4 @@
-"""The grafana role's dashboards, its rendered configuration, and molecule/lab/dashboard_check.py.
+"""The grafana role's dashboards, its rendered configuration, and tests/testkit/deepseek_testkit/dashboard_check.py.
 
 Grafana itself is not installed here (Grafana Labs' repository is out of reach), so what can be proven
 without it is proven here:
@@ -19,7 +19,6 @@ Evaluating the queries against real series is the lab's part (dashboard_check.em
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
+from deepseek_testkit import dashboard_check as CHECK
 
 ROLE = ROOT / "roles" / "grafana"
 DASHBOARD_DIR = ROLE / "files" / "dashboards"
@@ -37,18 +37,6 @@ DASHBOARDS = sorted(DASHBOARD_DIR.glob("*.json"))
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Grafana 11.0 wrote schemaVersion 39; 41 is Grafana 12's (apps/dashboard/pkg/migration/schemaversion).
 MIN_SCHEMA = 39
-
-
-def load_checker():
-    """molecule/lab/dashboard_check.py as a module."""
-    spec = importlib.util.spec_from_file_location("dashboard_check", ROOT / "molecule" / "lab" / "dashboard_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dashboard_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CHECK = load_checker()
 
 
 def walk(panels):

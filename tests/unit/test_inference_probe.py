@@ -1,7 +1,7 @@
 """The inference probe's exporter (roles/inference_probe/files/deepseek_inference_probe.py) without a server.
 
 What needs a served model (answers through the proxies, per node, over HTTP and gRPC) is checked by the lab
-(molecule/lab/lab.py test); here: configuration, judging, exposition, and the deadlines against real sockets
+(python -m deepseek_testkit.lab test); here: configuration, judging, exposition, and the deadlines against real sockets
 that refuse, or accept and never answer.
 """
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "molecule" / "lab"))
-from lab import expand_group as members  # noqa: E402
+from deepseek_testkit.lab import expand_group as members
 
 
 def inventory(name: str) -> dict:

@@ -1,11 +1,7 @@
 """The lab's end-to-end checks read real exporter output, and an empty or site-less inventory fails them."""
 
-import sys
-
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "molecule" / "lab"))
-import lab  # noqa: E402
+from deepseek_testkit import lab
 
 FIXTURES = ROOT / "tests" / "unit" / "fixtures" / "lab"
 

@@ -1,11 +1,7 @@
 """The lab driver reads changed/failed counts from real ansible-playbook output."""
 
-import sys
-
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "molecule" / "lab"))
-import lab  # noqa: E402
+from deepseek_testkit import lab
 
 FIXTURES = ROOT / "tests" / "unit" / "fixtures"
 LAB_HOSTS = {

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from ansible_collections.deepseek.cluster.plugins.module_utils import llmapi_interface
 from ansible_collections.deepseek.cluster.plugins.module_utils.triton_config import to_pbtxt
+from deepseek_testkit import load_module
 from google.protobuf import text_format
 from jinja2.nativetypes import NativeEnvironment
 from tritonclient.grpc import model_config_pb2
@@ -141,7 +142,7 @@ def utils(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
     # load_model registers the model's module here (its dataclasses look themselves up); undone afterwards.
     monkeypatch.setitem(sys.modules, "lab_model", types.ModuleType("lab_model"))
-    monkeypatch.syspath_prepend(str(LAB))
+    load_module(LAB / "tiny_moe.py")  # model.py's own `from tiny_moe import ...` finds it loaded
     return module
 
 
@@ -172,13 +173,7 @@ def unary(utils):
 
 @pytest.fixture(scope="module")
 def moe():
-    sys.path.insert(0, str(LAB))
-    try:
-        from tiny_moe import TinyMoE
-
-        return TinyMoE()
-    finally:
-        sys.path.remove(str(LAB))
+    return load_module(LAB / "tiny_moe.py").TinyMoE()
 
 
 def run(model, request):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deepseek_testkit import load_module
 
 LAB = Path(__file__).resolve().parents[3] / "roles" / "triton_server" / "files" / "lab_model"
-sys.path.insert(0, str(LAB))
-
-from tiny_moe import MoEConfig, Sampling, TinyMoE, Vocabulary, detokenize  # noqa: E402
+tiny_moe = load_module(LAB / "tiny_moe.py")  # shipped to the hosts with model.py, not a package
+MoEConfig, Sampling, TinyMoE, Vocabulary = tiny_moe.MoEConfig, tiny_moe.Sampling, tiny_moe.TinyMoE, tiny_moe.Vocabulary
+detokenize = tiny_moe.detokenize
 
 TOKENIZER = LAB / "tokenizer" / "tokenizer.json"
 
@@ -115,8 +116,6 @@ def test_weights_follow_the_vocabulary_and_another_vocabularys_weights_are_refus
 
 
 def test_the_command_line_writes_an_artifact_the_model_loads(tmp_path, monkeypatch, model):
-    import tiny_moe
-
     path = tmp_path / "weights.npz"
     monkeypatch.setattr(sys, "argv", ["tiny_moe.py", "--seed", str(MoEConfig.seed), "--save", str(path)])
     tiny_moe.main()

@@ -4,7 +4,6 @@ import json
 import os
 import socket
 import ssl
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,10 +11,8 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from deepseek_testkit.model_inputs import generate_inputs as inputs
 from tritonclient.utils import InferenceServerException
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "molecule" / "lab"))
-from model_inputs import generate_inputs as inputs  # noqa: E402
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 STORE = EPHEMERAL / "pki"

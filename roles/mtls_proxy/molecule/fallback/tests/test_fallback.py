@@ -22,10 +22,8 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as grpcclient
+from deepseek_testkit.model_inputs import generate_inputs as inputs
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "molecule" / "lab"))
-from model_inputs import generate_inputs as inputs  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().parents[1]
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])

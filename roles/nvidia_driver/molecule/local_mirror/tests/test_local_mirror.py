@@ -2,12 +2,9 @@
 from the signed flat mirror on the docker network, and from nowhere else."""
 
 import re
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "tests"))
 # Shared with every scenario of this role (collected and run here, against this scenario's hosts).
-from container_userspace import (  # noqa: E402, F401
+from deepseek_testkit.nvidia_userspace import (  # noqa: F401
     test_nvidia_smi_reaches_nvml_and_finds_no_driver,
     test_persistenced_unit_enabled_not_running,
 )

@@ -7,24 +7,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from deepseek_testkit import ROOT, load_module
+from deepseek_testkit.model_inputs import generate_inputs as inputs
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-ROOT = Path(__file__).resolve().parents[5]
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "files" / "lab_model"))
-from tiny_moe import MoEConfig, TinyMoE  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "molecule" / "lab"))
-from model_inputs import generate_inputs as inputs  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
-import llmapi_interface  # noqa: E402 (the recorded llmapi tensors; a plain module, no Ansible needed)
+ROLE = ROOT / "roles" / "triton_server"
+tiny_moe = load_module(ROLE / "files" / "lab_model" / "tiny_moe.py")  # shipped with the lab model, not a package
+MoEConfig, TinyMoE = tiny_moe.MoEConfig, tiny_moe.TinyMoE
+# The recorded llmapi tensors: a plain module_utils file, no Ansible needed.
+llmapi_interface = load_module(ROOT / "plugins" / "module_utils" / "llmapi_interface.py")
 
 MODEL = "deepseek"
 PROMPT = "What is a mixture of experts?"

@@ -11,7 +11,7 @@ dcgm-exporter): GPU_ONLY_METRICS lists them by metric name, and a target is GPU-
 metrics it reads matches. EMPTY_WHEN_HEALTHY lists the metrics that have no series while nothing is wrong
 (ALERTS: no alert firing).
 
-    python molecule/lab/dashboard_check.py --prometheus http://127.0.0.1:9090 [--set node=lab-primary-gpu1]
+    python -m deepseek_testkit.dashboard_check --prometheus http://127.0.0.1:9090 [--set node=lab-primary-gpu1]
 
 Only the Python standard library is used (urllib), so it runs wherever Python does.
 """
@@ -29,7 +29,8 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from deepseek_testkit import ROOT
+
 DASHBOARDS = ROOT / "roles" / "grafana" / "files" / "dashboards"
 
 # Metrics that exist only on a host with an NVIDIA GPU (full matches of metric names).

@@ -17,12 +17,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import docker
 
-ROOT = Path(__file__).resolve().parents[2]
+from deepseek_testkit import ROOT
+
 DASHBOARDS = ROOT / "roles" / "grafana" / "files" / "dashboards"
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
@@ -230,7 +230,7 @@ LAB_ABSENT = (
 
 def dashboard_gaps(prometheus: str) -> list[str]:
     """Dashboard panels whose queries return no series in the lab (GPU-only panels and LAB_ABSENT excepted)."""
-    from dashboard_check import EMPTY_WHEN_HEALTHY, empty_panels  # molecule/lab, next to this file
+    from deepseek_testkit.dashboard_check import EMPTY_WHEN_HEALTHY, empty_panels
 
     dashboards = sorted(DASHBOARDS.glob("*.json"))
     return empty_panels(prometheus, dashboards, {}, allowed_empty=[*EMPTY_WHEN_HEALTHY, *LAB_ABSENT])

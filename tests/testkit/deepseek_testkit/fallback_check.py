@@ -16,7 +16,7 @@ docs/roles/mtls_proxy.md). For each proxy:
    line per request, whose ``fallback`` field and backend say the same.
 
 Called from lab.py's checks (make lab, make lab-test); alone against a running lab:
-    .venv/bin/python molecule/lab/fallback_check.py
+    .venv/bin/python -m deepseek_testkit.fallback_check
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import docker
-import lab  # the lab's own helpers (lab.py imports this module only inside its checks)
 
-ROOT = Path(__file__).resolve().parents[2]
+from deepseek_testkit import (
+    ROOT,
+    lab,  # the lab's own helpers (lab.py imports this module only inside its checks)
+)
+
 PKI_STORE = ROOT / ".cache" / "pki"
 CLIENT = "lab-client"
 MODEL = "deepseek"
@@ -363,8 +365,8 @@ def proxy_fallback_checks(
 
 def main() -> int:
     """Run the check against the running lab (make lab first)."""
-    from lab import lab_hosts
-    from monitoring_check import probe_paused
+    from deepseek_testkit.lab import lab_hosts
+    from deepseek_testkit.monitoring_check import probe_paused
 
     client, hosts = docker.from_env(), lab_hosts()
     with probe_paused(client, hosts):

@@ -25,7 +25,8 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import docker
-import lab  # the lab's own helpers (lab.py imports this module only inside its commands)
+
+from deepseek_testkit import lab  # the lab's own helpers (lab.py imports this module only inside its commands)
 
 PRIMARY, STANDBY = "primary", "standby"
 TEXTFILE = "/var/lib/node_exporter/textfile_collector/deepseek_dr.prom"
@@ -259,7 +260,7 @@ def failover(client: docker.DockerClient, hosts: list[lab.LabHost]) -> Outcome:
     gone = {h.name for h in hosts if PRIMARY in h.groups}
     killed_at = time.monotonic()
     kill_site(client, hosts, PRIMARY)
-    result = lab.run_playbook("playbooks/failover.yml")
+    result = lab.run_job("failover")
     out.seconds["failover.yml"] = result.seconds
     if not playbook_ok_except(result, gone):
         out.failures.append(f"failover.yml failed (exit {result.returncode}, recap {result.recap})")
@@ -298,7 +299,7 @@ def failback(client: docker.DockerClient, hosts: list[lab.LabHost]) -> Outcome:
     out = Outcome()
     server = dns_server(client, hosts)
     lab.create_hosts(client, hosts)  # starts the killed containers, records their (maybe new) addresses
-    result = lab.run_playbook("playbooks/failback.yml", ["-e", "failback_switch=true"])
+    result = lab.run_job("failback", {"failback_switch": "true"})
     out.seconds["failback.yml"] = result.seconds
     if not result.ok:
         out.failures.append(f"failback.yml failed (exit {result.returncode}, recap {result.recap})")

@@ -4,13 +4,19 @@
 The inventory inventories/lab/hosts.yml is the single source of truth: every host in its
 `lab` group becomes a Debian 12 systemd container of the same name on one docker network.
 
-    lab.py up        create the lab hosts (if missing), run site.yml, print what runs where
-    lab.py converge  run site.yml on the existing lab hosts
-    lab.py status    print what runs where
-    lab.py test      fresh lab, converge twice (the second must change nothing), end-to-end checks, remove
-    lab.py failover  kill the primary site's containers, run failover.yml, infer through the service name
-    lab.py failback  start the primary site again, run failback.yml (resync, verify, switch back), compare
-    lab.py down      remove the lab hosts and network
+Run as ``python -m deepseek_testkit.lab COMMAND`` (the make lab* targets do):
+
+    up        create the lab hosts (if missing), run site.yml, print what runs where
+    converge  run site.yml on the existing lab hosts
+    status    print what runs where
+    test      fresh lab, converge twice (the second must change nothing), end-to-end checks, the DR cycle,
+              a rolling upgrade and a certificate rotation under load, remove
+    failover  kill the primary site's containers, run failover.yml, infer through the service name
+    failback  start the primary site again, run failback.yml (resync, verify, switch back), compare
+    upgrade       rolling_upgrade.yml over the primary site (Triton restarted on each node) under load
+    rotate-certs  rotate_certs.yml (every certificate issued again) under load
+    rotate-ca     rotate_certs.yml's CA rotation, phases trust, issue, finish, under load
+    down      remove the lab hosts and network
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from pathlib import Path
 import docker
 from docker.models.containers import Container
 
-ROOT = Path(__file__).resolve().parents[2]
+from deepseek_testkit import ROOT
+
 INVENTORY = ROOT / "inventories" / "lab"
 LABEL = "deepseek.cluster.lab"
 BOOT_TIMEOUT_S = 120
@@ -253,7 +260,7 @@ def grant_ssh(client: docker.DockerClient, hosts: list[LabHost]) -> None:
         "  PasswordAuthentication no",
         "  ConnectTimeout 10",
     ]
-    header = ["# Written by molecule/lab/lab.py: how the controller reaches the lab hosts (ansible: -F this file)."]
+    header = ["# Written by deepseek_testkit.lab: how the controller reaches the lab hosts (ansible: -F this file)."]
     KNOWN_HOSTS.write_text("\n".join(known) + "\n")
     SSH_CONFIG.write_text("\n".join(header + blocks + common) + "\n")
     log(f"SSH: {len(hosts)} hosts, host keys recorded in {KNOWN_HOSTS.relative_to(ROOT)}")
@@ -325,6 +332,58 @@ def run_playbook(playbook: str = "site.yml", extra: list[str] | None = None) -> 
     return PlaybookRun(returncode, time.monotonic() - start, parse_recap("".join(lines)))
 
 
+def run_job(
+    template: str,
+    answers: dict[str, object] | None = None,
+    playbook: str | None = None,
+    collections: Path | None = None,
+) -> PlaybookRun:
+    """Run an AWX job template's playbook against the lab through ansible-runner (AWX's engine), with the extra
+    variables AWX would give it (the template's, the survey's defaults, ``answers``); its recap as run_playbook's.
+    """
+    from deepseek_testkit.awx_runner import run_template
+
+    log(f"job template {template}: {playbook or ''} {json.dumps(answers or {})}")
+    start = time.monotonic()
+    rc, stats = run_template(template, INVENTORY, answers, quiet=False, playbook=playbook, collections_path=collections)
+    recap = {
+        host: {
+            "ok": s["ok"],
+            "changed": s["changed"],
+            "unreachable": s["dark"],
+            "failed": s["failures"],
+            "skipped": s["skipped"],
+            "rescued": s["rescued"],
+            "ignored": s["ignored"],
+        }
+        for host, s in stats.items()
+    }
+    return PlaybookRun(rc, time.monotonic() - start, recap)
+
+
+def installed_collection() -> Path:
+    """Build the collection's tarball and install it under .cache/collection (the collections path to use)."""
+    work = ROOT / ".cache" / "collection"
+    dist, installed = work / "dist", work / "installed"
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    env = ansible_env()
+    subprocess.run(
+        [tool("ansible-galaxy"), "collection", "build", "--force", "--output-path", str(dist), str(ROOT)],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    tarball = next(dist.glob("deepseek-cluster-*.tar.gz"))
+    subprocess.run(
+        [tool("ansible-galaxy"), "collection", "install", "--force", "--no-deps", "-p", str(installed), str(tarball)],
+        check=True,
+        env=env | {"ANSIBLE_COLLECTIONS_PATH": str(installed)},
+        stdout=subprocess.DEVNULL,
+    )
+    log(f"installed {tarball.name} into {os.path.relpath(installed, ROOT)}")
+    return installed
+
+
 def container_ip(client: docker.DockerClient, host: LabHost) -> str:
     """The host's address on its lab network."""
     container = client.containers.get(host.name)
@@ -348,7 +407,7 @@ def status(client: docker.DockerClient, hosts: list[LabHost]) -> None:
         groups = ",".join(host.groups)
         print(f"{host.name:<20} {ip:<15} {groups:<42} {state}")
     print()
-    import dr_check  # the service name and replication
+    from deepseek_testkit import dr_check  # the service name and replication
 
     try:
         server = dr_check.dns_server(client, hosts)
@@ -425,7 +484,8 @@ def stream_through_proxy(address: str, prompt: str, max_tokens: int) -> list[tup
     Every response as (its text_output, or None for a response without one; whether it is the final one).
     """
     import tritonclient.grpc as grpcclient
-    from model_inputs import generate_inputs
+
+    from deepseek_testkit.model_inputs import generate_inputs
 
     pieces: list[tuple[str | None, bool]] = []
     errors: list[Exception] = []
@@ -769,7 +829,7 @@ def site_checks(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
     via = next(p for p in proxies if site_of(p) == site_of(nodes[0]))
     expected = generate_from(client, via, container_ip(client, nodes[0]), LAB_PROMPT, 24)
     failures = proxy_checks(client, proxies, nodes, monitor, expected)
-    from fallback_check import fallback_checks  # graceful degradation: overflow to the fallback nodes
+    from deepseek_testkit.fallback_check import fallback_checks  # graceful degradation: overflow to the fallback nodes
 
     return failures + admin_checks(client, proxies, nodes) + fallback_checks(client, hosts)
 
@@ -986,7 +1046,10 @@ def cmd_up(client: docker.DockerClient) -> int:
         return 1
     log(f"site.yml converged in {run.seconds:.0f} s with {run.changed} changes")
     status(client, hosts)
-    from monitoring_check import monitoring_status, probe_paused  # Prometheus, the probe's results, the alerts
+    from deepseek_testkit.monitoring_check import (  # Prometheus, the probe's results, the alerts
+        monitoring_status,
+        probe_paused,
+    )
 
     monitoring_status(client, hosts, next(h for h in hosts if "monitoring" in h.groups))
     with probe_paused(client, hosts):  # the checks count requests one by one
@@ -1009,12 +1072,15 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
         check = run_playbook("playbooks/gpu_nodes.yml", ["--check"])
         if not check.ok:
             return report(["playbooks/gpu_nodes.yml --check failed on the fresh GPU nodes"])
-        first = run_playbook()
+        # The first converge: job template "site" (ansible-runner, as AWX runs it) with deepseek.cluster.site
+        # from the collection's tarball, installed as an execution environment holds it: every play of it.
+        first = run_job("site", playbook="deepseek.cluster.site", collections=installed_collection())
         if not first.ok:
-            return report(["first converge of site.yml failed"])
-        second = run_playbook()
+            return report(["first converge (deepseek.cluster.site from the installed tarball) failed"])
+        # The second: site.yml's playbooks one by one, each that has a job template through it; none may change.
+        second = second_converge()
         if not second.ok:
-            failures.append("second converge of site.yml failed")
+            failures.append("a playbook of the second converge failed")
         changed = {h: c["changed"] for h, c in second.recap.items() if c.get("changed")}
         if changed:
             failures.append(f"second converge was not idempotent: changed tasks per host {changed}")
@@ -1022,7 +1088,7 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
             failures.append(f"recap hosts {sorted(second.recap)} differ from the lab hosts")
         # Monitoring first, while nothing but the converges has happened: a healthy lab raises no alert (the
         # checks after this one refuse and rate-limit requests on purpose).
-        from monitoring_check import monitoring_checks, probe_paused
+        from deepseek_testkit.monitoring_check import monitoring_checks, probe_paused
 
         failures += monitoring_checks(client, hosts, next(h for h in hosts if "monitoring" in h.groups))
         with probe_paused(client, hosts):  # the checks below count requests one by one
@@ -1031,6 +1097,8 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
                 failures += revocation_checks(client, [h for h in hosts if "proxies" in h.groups])
         if not failures:
             failures += dr_cycle(client, hosts)
+        if not failures:
+            failures += operations(client, hosts, ["upgrade", "rotate-certs"])
         log(
             f"gpu_nodes.yml --check {check.seconds:.0f} s, first converge {first.seconds:.0f} s "
             f"({first.changed} changes), second {second.seconds:.0f} s"
@@ -1041,9 +1109,36 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
     return report(failures)
 
 
+# site.yml's playbooks in its order; those with an AWX job template (playbooks/vars/awx.yml) run through it.
+SITE_PLAYBOOKS = [
+    ("firewall", None),
+    ("gpu_nodes", "gpu_nodes"),
+    ("inference", "inference"),
+    ("proxy", "proxy"),
+    ("monitoring", "monitoring"),
+    ("dns", None),
+    ("dr", "dr"),
+]
+
+
+def second_converge() -> PlaybookRun:
+    """site.yml's playbooks one after the other (job templates through ansible-runner); the recaps summed."""
+    total = PlaybookRun(0, 0.0, {})
+    for playbook, template in SITE_PLAYBOOKS:
+        run = run_job(template) if template else run_playbook(f"playbooks/{playbook}.yml")
+        log(f"{playbook}: exit {run.returncode}, {run.seconds:.0f} s, {run.changed} changes")
+        total.seconds += run.seconds
+        total.returncode = total.returncode or run.returncode
+        for host, counts in run.recap.items():
+            summed = total.recap.setdefault(host, {})
+            for key, value in counts.items():
+                summed[key] = summed.get(key, 0) + value
+    return total
+
+
 def dr_cycle(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
     """Replication as dr.yml set it up, then a failover (the primary killed) and a failback, by the playbooks."""
-    import dr_check  # replication, failover and failback through the playbooks
+    from deepseek_testkit import dr_check  # replication, failover and failback through the playbooks
 
     failures: list[str] = []
     seconds: dict[str, float] = {}
@@ -1057,9 +1152,29 @@ def dr_cycle(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
     return failures
 
 
+# Day-2 operations under load (ops_check): make lab-upgrade, lab-rotate-certs, lab-rotate-ca; make lab-test runs the
+# first two after the disaster-recovery cycle.
+OPERATIONS = {"upgrade": "rolling_upgrade", "rotate-certs": "rotate_certs", "rotate-ca": "rotate_ca"}
+
+
+def operations(client: docker.DockerClient, hosts: list[LabHost], names: list[str]) -> list[str]:
+    """Run the named operations under load, one after the other; print their times and failed-request counts."""
+    from deepseek_testkit import ops_check
+
+    failures: list[str] = []
+    for name in names:
+        outcome = getattr(ops_check, OPERATIONS[name])(client, hosts)
+        times = ", ".join(f"{step} {value:.1f} s" for step, value in outcome.seconds.items())
+        log(f"{name}: {times}; failed requests {sum(outcome.failed_requests.values())} {outcome.failed_requests}")
+        failures += outcome.failures
+        if outcome.failures:
+            break
+    return failures
+
+
 def cmd_dr(client: docker.DockerClient, command: str) -> int:
     """Run `make lab-failover` or `make lab-failback` on a lab that runs."""
-    import dr_check
+    from deepseek_testkit import dr_check
 
     hosts = lab_hosts()
     outcome = dr_check.failover(client, hosts) if command == "failover" else dr_check.failback(client, hosts)
@@ -1079,7 +1194,10 @@ def report(failures: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "converge", "status", "test", "failover", "failback", "down"])
+    parser.add_argument(
+        "command",
+        choices=["up", "converge", "status", "test", "failover", "failback", *OPERATIONS, "down"],
+    )
     parser.add_argument("--keep", action="store_true", help="test: keep the lab afterwards")
     args = parser.parse_args(argv)
     client = docker.from_env()
@@ -1095,6 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_test(client, args.keep)
     if args.command in ("failover", "failback"):
         return cmd_dr(client, args.command)
+    if args.command in OPERATIONS:
+        return report(operations(client, lab_hosts(), [args.command]))
     remove_hosts(client)
     return 0
 

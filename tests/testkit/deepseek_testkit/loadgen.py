@@ -13,7 +13,6 @@ import queue
 import socket
 import ssl
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "lab"))
-from model_inputs import generate_inputs  # noqa: E402
+from deepseek_testkit.model_inputs import generate_inputs
 
 Worker = Callable[[], None]
 PROMPT = "Summarise the failover procedure."
