@@ -33,8 +33,9 @@ attributes:
     details: Only reads; the prompts are asked in check mode too.
   diff_mode:
     support: none
+    details: Changes nothing, so there is no difference to show.
   platform:
-    platforms: all
+    platforms: posix
 options:
   url:
     description:
@@ -113,7 +114,7 @@ notes:
 seealso:
   - name: Golden-prompt equivalence
     description: Where the answers are recorded and how the failover check uses them (docs/golden-prompts.md).
-    link: https://example.invalid/deepseek/cluster/docs/golden-prompts.md
+    link: https://github.com/deepseek-cluster/deepseek.cluster/blob/main/docs/golden-prompts.md
   - name: Triton generate extension
     description: The generate endpoint's request and response objects.
     link: https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/protocol/extension_generate.html

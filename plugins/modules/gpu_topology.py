@@ -19,6 +19,20 @@ description:
   - Never changes anything; supports check mode.
 author:
   - deepseek.cluster maintainers (@deepseek-cluster)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
+attributes:
+  check_mode:
+    support: full
+    details: Only reads; check mode returns the same facts.
+  diff_mode:
+    support: none
+    details: Changes nothing, so there is no difference to show.
+  facts:
+    support: full
+  platform:
+    platforms: posix
 options:
   topo_src:
     description:
@@ -55,7 +69,7 @@ notes:
 seealso:
   - name: Topology and placement
     description: How the facts are read and how parallel groups are placed (docs/topology.md).
-    link: https://example.invalid/deepseek/cluster/docs/topology.md
+    link: https://github.com/deepseek-cluster/deepseek.cluster/blob/main/docs/topology.md
 """
 
 EXAMPLES = r"""

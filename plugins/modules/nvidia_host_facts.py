@@ -20,6 +20,20 @@ description:
   - Never changes anything; supports check mode.
 author:
   - deepseek.cluster maintainers (@deepseek-cluster)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
+attributes:
+  check_mode:
+    support: full
+    details: Only reads; check mode returns the same facts.
+  diff_mode:
+    support: none
+    details: Changes nothing, so there is no difference to show.
+  facts:
+    support: full
+  platform:
+    platforms: posix
 options:
   root:
     description:

@@ -16,13 +16,18 @@ echo "built $(basename "$TARBALL") ($(du -k "$TARBALL" | cut -f1) KiB)"
 
 echo "== contents"
 tar -tzf "$TARBALL" >"$WORK/files"
-for forbidden in '^collections/' '^molecule/' '/molecule/' '^\.venv/' '^benchmarks/' '^\.ci/' '^\.config/' '^\.ansible/'; do
+for forbidden in '^collections/' '^molecule/' '/molecule/' '^\.venv/' '^benchmarks/' '^tests/testkit/' '^\.ci/' '^\.config/' \
+                 '^\.ansible/' '^inventories/lab/' '^ansible\.cfg$' '^changelogs/\.plugin-cache\.yaml$' '\.egg-info/'; do
   if grep -qE "$forbidden" "$WORK/files"; then
     echo "the tarball carries files matching $forbidden:"; grep -E "$forbidden" "$WORK/files" | head; exit 1
   fi
 done
+# Of tests/ only ansible-test's sanity ignore files ship.
+tests_shipped=$(grep -E '^tests/' "$WORK/files" | grep -vE '^tests/(sanity/(ignore-[0-9.]+\.txt)?)?$' || true)
+[ -z "$tests_shipped" ] || { echo "the tarball carries tests other than the sanity ignore files:"; head <<<"$tests_shipped"; exit 1; }
 for required in MANIFEST.json FILES.json meta/runtime.yml playbooks/site.yml roles/node_exporter/tasks/main.yml \
-                roles/node_exporter/meta/argument_specs.yml docs/roles/node_exporter.md; do
+                roles/node_exporter/meta/argument_specs.yml docs/roles/node_exporter.md LICENSE README.md \
+                CHANGELOG.md changelogs/changelog.yaml changelogs/config.yaml; do
   grep -qx "$required" "$WORK/files" || { echo "the tarball lacks $required"; exit 1; }
 done
 echo "$(wc -l <"$WORK/files") entries, no test or lab artefacts"

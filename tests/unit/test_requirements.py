@@ -1,4 +1,4 @@
-"""requirements.yml and galaxy.yml name collections that the pinned ansible bundle satisfies.
+"""requirements.yml, tests/requirements.yml and galaxy.yml name collections that the pinned ansible bundle satisfies.
 
 Galaxy is not reachable where this project is tested, so instead of installing from it we
 prove that the collections bundled with the pinned `ansible` package meet every range.
@@ -26,10 +26,11 @@ def bundled_version(fqcn: str) -> str | None:
 
 FQCN_KEY = re.compile(r"^\s*(?:- )?(?P<namespace>[a-z_]+)\.(?P<name>[a-z_]+)\.[a-z_0-9]+:(?:\s|$)", re.MULTILINE)
 REQUIREMENTS = load_yaml(ROOT / "requirements.yml")["collections"]
+TEST_REQUIREMENTS = load_yaml(ROOT / "tests" / "requirements.yml")["collections"]
 GALAXY = load_yaml(ROOT / "galaxy.yml")
 
 
-@pytest.mark.parametrize("entry", REQUIREMENTS, ids=lambda e: e["name"])
+@pytest.mark.parametrize("entry", REQUIREMENTS + TEST_REQUIREMENTS, ids=lambda e: e["name"])
 def test_bundle_satisfies_requirements_yml(entry):
     version = bundled_version(entry["name"])
     assert version is not None, f"{entry['name']} is not in the pinned ansible bundle"
@@ -54,3 +55,8 @@ def test_every_collection_used_is_required():
             used.add(f"{match['namespace']}.{match['name']}")
     assert used, "no FQCN found: the scan is broken"
     assert used <= allowed, f"collections used but not in requirements.yml: {sorted(used - allowed)}"
+
+
+def test_test_requirements_are_not_dependencies():
+    """A collection only the tests use is no dependency of the shipped content, and none is listed twice."""
+    assert not {e["name"] for e in TEST_REQUIREMENTS} & {e["name"] for e in REQUIREMENTS}
