@@ -462,3 +462,23 @@ def test_awx_validates_its_variables_against_its_spec():
     first = awx_tasks()[0]
     assert "ansible.builtin.validate_argument_spec" in first
     assert "specs/awx.yml" in first["ansible.builtin.validate_argument_spec"]["argument_spec"]
+
+
+def _tagged(item: dict, tags: set[str]) -> bool:
+    return bool(set(item.get("tags") or []) & tags)
+
+
+@pytest.mark.parametrize("template", [t for t in TEMPLATES if t.get("job_tags")], ids=lambda t: t["name"])
+def test_a_tagged_template_runs_its_playbooks_own_plays(template):
+    """With job_tags, every task of the template's own plays (not the imported playbooks, whose roles carry the
+    tags) must run: tagged always or with one of the job's tags, on the play or the task. Untagged, the run would
+    skip them and report success having done nothing (rotate_certs.yml's phase, its pki_reissue_before).
+    """
+    tags = {"always", *template["job_tags"].split(",")}
+    path = ROOT / template["playbook"]
+    for play in yaml.safe_load(path.read_text()):
+        if import_ref(play) is not None or _tagged(play, tags):
+            continue
+        for task in play.get("tasks", []) + play.get("pre_tasks", []) + play.get("post_tasks", []):
+            where = f"{path.name}: play {play['name']!r}, task {task.get('name')!r}"
+            assert _tagged(task, tags), f"{where} is skipped by the job tags {sorted(tags)}"

@@ -1059,7 +1059,7 @@ def cmd_up(client: docker.DockerClient) -> int:
     return 1 if failures else 0
 
 
-def cmd_test(client: docker.DockerClient, keep: bool) -> int:
+def cmd_test(client: docker.DockerClient, keep: bool, extended: bool = False) -> int:
     """A fresh lab, two converges (the second changes nothing), end-to-end checks."""
     ensure_engine_and_image()
     remove_hosts(client)
@@ -1098,7 +1098,7 @@ def cmd_test(client: docker.DockerClient, keep: bool) -> int:
         if not failures:
             failures += dr_cycle(client, hosts)
         if not failures:
-            failures += operations(client, hosts, ["upgrade", "rotate-certs"])
+            failures += operations(client, hosts, ["upgrade", "rotate-certs"] + (["rotate-ca"] if extended else []))
         log(
             f"gpu_nodes.yml --check {check.seconds:.0f} s, first converge {first.seconds:.0f} s "
             f"({first.changed} changes), second {second.seconds:.0f} s"
@@ -1199,6 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["up", "converge", "status", "test", "failover", "failback", *OPERATIONS, "down"],
     )
     parser.add_argument("--keep", action="store_true", help="test: keep the lab afterwards")
+    parser.add_argument("--extended", action="store_true", help="test: also the CA rotation (three playbook runs)")
     args = parser.parse_args(argv)
     client = docker.from_env()
     if args.command == "up":
@@ -1210,7 +1211,7 @@ def main(argv: list[str] | None = None) -> int:
         status(client, lab_hosts())
         return 0
     if args.command == "test":
-        return cmd_test(client, args.keep)
+        return cmd_test(client, args.keep, args.extended)
     if args.command in ("failover", "failback"):
         return cmd_dr(client, args.command)
     if args.command in OPERATIONS:
