@@ -20,6 +20,18 @@ def load_yaml(path: Path):
     return yaml.safe_load(path.read_text())
 
 
+def bundled_version(fqcn: str) -> str | None:
+    """Version of a collection bundled in the installed ansible package, or None."""
+    import ansible_collections
+
+    namespace, name = fqcn.split(".")
+    for base in ansible_collections.__path__:
+        manifest = Path(base) / namespace / name / "MANIFEST.json"
+        if manifest.is_file():
+            return json.loads(manifest.read_text())["collection_info"]["version"]
+    return None
+
+
 def role_dirs() -> list[Path]:
     """Every role of the collection."""
     return sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())

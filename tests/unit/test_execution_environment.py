@@ -8,7 +8,6 @@ bundle carries, which meets galaxy.yml's range. ansible-core and ansible-runner:
 
 import ast
 import importlib.metadata
-import json
 import os
 import re
 import subprocess
@@ -16,10 +15,9 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import ansible_collections
 import pytest
 from ansible.galaxy.dependency_resolution.versioning import meets_requirements
-from conftest import ROOT, load_yaml
+from conftest import ROOT, bundled_version, load_yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -91,15 +89,6 @@ def distribution_of(module: str) -> str:
         ]
     assert len(set(candidates)) == 1, f"{module}: no single installed distribution provides it ({candidates})"
     return canonicalize_name(candidates[0])
-
-
-def bundled_version(fqcn: str) -> str | None:
-    namespace, name = fqcn.split(".")
-    for base in ansible_collections.__path__:
-        manifest = Path(base) / namespace / name / "MANIFEST.json"
-        if manifest.is_file():
-            return json.loads(manifest.read_text())["collection_info"]["version"]
-    return None
 
 
 def galaxy_entries() -> list[dict]:

@@ -4,25 +4,11 @@ Galaxy is not reachable where this project is tested, so instead of installing f
 prove that the collections bundled with the pinned `ansible` package meet every range.
 """
 
-import json
 import re
-from pathlib import Path
 
-import ansible_collections
 import pytest
 from ansible.galaxy.dependency_resolution.versioning import meets_requirements
-from conftest import ROOT, load_yaml
-
-
-def bundled_version(fqcn: str) -> str | None:
-    """Version of a collection bundled in the installed ansible package, or None."""
-    namespace, name = fqcn.split(".")
-    for base in ansible_collections.__path__:
-        manifest = Path(base) / namespace / name / "MANIFEST.json"
-        if manifest.is_file():
-            return json.loads(manifest.read_text())["collection_info"]["version"]
-    return None
-
+from conftest import ROOT, bundled_version, load_yaml
 
 FQCN_KEY = re.compile(r"^\s*(?:- )?(?P<namespace>[a-z_]+)\.(?P<name>[a-z_]+)\.[a-z_0-9]+:(?:\s|$)", re.MULTILINE)
 REQUIREMENTS = load_yaml(ROOT / "requirements.yml")["collections"]

@@ -191,14 +191,14 @@ def stream(address: str, context: ssl.SSLContext) -> Stream:
         return Stream(0, None, error=repr(exc))
 
 
-def at_once(address: str, count: int) -> list[Stream]:
-    """``count`` streams started together (a barrier), each on its own connection."""
-    context, results, lock = tls_context(), [], threading.Lock()
-    barrier = threading.Barrier(count)
+def together(call: Callable[[], T], count: int) -> list[T]:
+    """``call`` run ``count`` times at once, each on a thread of its own released together (a barrier)."""
+    results: list[T] = []
+    lock, barrier = threading.Lock(), threading.Barrier(count)
 
     def run() -> None:
         barrier.wait()
-        outcome = stream(address, context)
+        outcome = call()
         with lock:
             results.append(outcome)
 
@@ -208,6 +208,12 @@ def at_once(address: str, count: int) -> list[Stream]:
     for thread in threads:
         thread.join()
     return results
+
+
+def at_once(address: str, count: int) -> list[Stream]:
+    """``count`` streams started together (a barrier), each on its own connection."""
+    context = tls_context()
+    return together(lambda: stream(address, context), count)
 
 
 def exec_text(client: docker.DockerClient, host: Host, argv: list[str]) -> str:

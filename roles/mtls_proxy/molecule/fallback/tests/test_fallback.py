@@ -15,13 +15,13 @@ import shlex
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 import tritonclient.grpc as grpcclient
+from deepseek_testkit.fallback_check import together
 from deepseek_testkit.model_inputs import generate_inputs as inputs
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -222,20 +222,7 @@ def grpc_open_stream(address):
 
 
 def at_once(call, count=LOAD):
-    results, lock, barrier = [], threading.Lock(), threading.Barrier(count)
-
-    def run():
-        barrier.wait()
-        outcome = call()
-        with lock:
-            results.append(outcome)
-
-    threads = [threading.Thread(target=run) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    return together(call, count)
 
 
 def audit_lines(host):
