@@ -353,10 +353,11 @@ def rotate_certs(client: object, hosts: list, site: str = "primary") -> Outcome:
     proxy = container_ip(client, proxy_host)
     served_before = served_certificate(proxy)
     client_before = (PKI_STORE / "clients" / f"{LAB_CLIENT}.crt").read_bytes()
-    held = _site(hosts, site, "fallback_nodes")[0].name
+    # A main-pool node, as rolling_upgrade.yml holds one (the other main node and the fallback pool carry the load).
+    held = sorted(h.name for h in _site(hosts, site, "gpu_nodes") if "fallback_nodes" not in h.groups)[-1]
     container = client.containers.get(proxy_host.name)
     container.exec_run(["sh", "-c", f"echo {held} >> {MAINTENANCE_FILE}"])
-    for backend in ("triton_http_fallback", "triton_grpc_fallback"):
+    for backend in ("triton_http", "triton_grpc"):
         haproxy_admin(client, proxy_host, f"disable server {backend}/{held}")
 
     def action(_load: Load) -> bool:
@@ -373,11 +374,11 @@ def rotate_certs(client: object, hosts: list, site: str = "primary") -> Outcome:
         out.failures.append("the proxy presents the same certificate after rotate_certs.yml")
     if (PKI_STORE / "clients" / f"{LAB_CLIENT}.crt").read_bytes() == client_before:
         out.failures.append(f"the store's {LAB_CLIENT} certificate was not issued again")
-    status = server_status(client, proxy_host, "triton_http_fallback", held)
+    status = server_status(client, proxy_host, "triton_http", held)
     if "MAINT" not in status:
         out.failures.append(f"{held}, held in maintenance, is {status or 'gone'} on {proxy_host.name} after the reload")
     container.exec_run(["sed", "-i", f"/^{held}$/d", MAINTENANCE_FILE])
-    for backend in ("triton_http_fallback", "triton_grpc_fallback"):
+    for backend in ("triton_http", "triton_grpc"):
         haproxy_admin(client, proxy_host, f"enable server {backend}/{held}")
     if sum(tally.failed.values()):
         out.failures.append(f"requests failed during the certificate rotation: {tally.summary()}")
