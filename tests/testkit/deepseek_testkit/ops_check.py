@@ -189,7 +189,7 @@ class Load:
 
         def collect(result: object, error: object) -> None:
             if error is not None:
-                errors.append(repr(error))
+                errors.append(f"{type(error).__name__}: {error}")
                 final.set()
                 return
             text = result.as_numpy("text_output")
@@ -208,7 +208,7 @@ class Load:
             final.wait(60)
             client.stop_stream()
         except Exception as error:  # noqa: BLE001 - any client error is a failed stream
-            return repr(error)
+            return f"{type(error).__name__}: {error}"
         if errors:
             return errors[0]
         if not final.is_set():
