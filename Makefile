@@ -25,7 +25,7 @@ help:
 	@echo "make lab-rotate-certs  rotate_certs.yml under load; prints the failed requests"
 	@echo "make lab-rotate-ca  a CA rotation (trust, issue, finish) under load; prints the failed requests"
 	@echo "make test           lint, unit, collection build+install, molecule (main scenarios), lab integration"
-	@echo "make test-extended  make test plus the extended molecule scenarios and the lab's CA rotation"
+	@echo "make test-extended  make test plus the extended molecule scenarios and the lab's certificate and CA rotations"
 	@echo "make distclean      remove the lab, test containers, base image, virtualenvs and caches: then make test or"
 	@echo "                    make lab starts as on a fresh machine (make distclean test)"
 	@echo "make bench          benchmarks (planning 1,000 hosts, molecule and site.yml over SSH vs docker exec, Triton direct,"

@@ -10,7 +10,7 @@ Run as ``python -m deepseek_testkit.lab COMMAND`` (the make lab* targets do):
     converge  run site.yml on the existing lab hosts
     status    print what runs where
     test      fresh lab, converge twice (the second must change nothing), end-to-end checks, the DR cycle,
-              a rolling upgrade and a certificate rotation under load, remove
+              a rolling upgrade under load (--extended: the certificate and CA rotations too), remove
     failover  kill the primary site's containers, run failover.yml, infer through the service name
     failback  start the primary site again, run failback.yml (resync, verify, switch back), compare
     upgrade       rolling_upgrade.yml over the primary site (Triton restarted on each node) under load
@@ -1098,7 +1098,8 @@ def cmd_test(client: docker.DockerClient, keep: bool, extended: bool = False) ->
         if not failures:
             failures += dr_cycle(client, hosts)
         if not failures:
-            failures += operations(client, hosts, ["upgrade", "rotate-certs"] + (["rotate-ca"] if extended else []))
+            # The rotations take minutes each (every certificate of both sites, HAProxy reloaded): make test-extended.
+            failures += operations(client, hosts, ["upgrade"] + (["rotate-certs", "rotate-ca"] if extended else []))
         log(
             f"gpu_nodes.yml --check {check.seconds:.0f} s, first converge {first.seconds:.0f} s "
             f"({first.changed} changes), second {second.seconds:.0f} s"
@@ -1153,7 +1154,7 @@ def dr_cycle(client: docker.DockerClient, hosts: list[LabHost]) -> list[str]:
 
 
 # Day-2 operations under load (ops_check): make lab-upgrade, lab-rotate-certs, lab-rotate-ca; make lab-test runs the
-# first two after the disaster-recovery cycle.
+# rolling upgrade after the disaster-recovery cycle, make lab-test-extended the rotations too.
 OPERATIONS = {"upgrade": "rolling_upgrade", "rotate-certs": "rotate_certs", "rotate-ca": "rotate_ca"}
 
 
@@ -1199,7 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["up", "converge", "status", "test", "failover", "failback", *OPERATIONS, "down"],
     )
     parser.add_argument("--keep", action="store_true", help="test: keep the lab afterwards")
-    parser.add_argument("--extended", action="store_true", help="test: also the CA rotation (three playbook runs)")
+    parser.add_argument("--extended", action="store_true", help="test: also the certificate and CA rotations")
     args = parser.parse_args(argv)
     client = docker.from_env()
     if args.command == "up":
