@@ -96,7 +96,9 @@ class Load:
         self.bundle.unlink(missing_ok=True)
 
     def refresh_trust(self) -> None:
-        """Hand the clients the current CA bundle (the runbook's step after a CA rotation's trust phase)."""
+        """Hand the clients the current CA bundle and their current certificates (a CA rotation's runbook steps):
+        each worker builds its next connection or channel from the files as they are now.
+        """
         self.bundle.write_text(ca_bundle())
         self.generation += 1
 
@@ -407,8 +409,9 @@ def rotate_ca(client: object, hosts: list, site: str = "primary") -> Outcome:
             if not run.ok:
                 out.failures.append(f"rotate_certs.yml rotate_certs_ca_phase={phase} failed")
                 return False
-            if phase == "trust":
-                load.refresh_trust()  # the runbook: hand clients both CA certificates now
+            # The runbook: after trust, hand clients both CA certificates; after issue, hand the store-kept clients
+            # their new certificates (finish stops trusting the previous CA, whose certificate they would present).
+            load.refresh_trust()
         return True
 
     ok, tally = under_load(proxy, action, "CA rotation")
